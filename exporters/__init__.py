@@ -1,0 +1,1 @@
+"""Alert sinks, each one small module behind one interface."""

@@ -1,0 +1,1 @@
+"""Enrollment, personalization, calibration and the profile store."""
