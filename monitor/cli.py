@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from monitor import __version__
@@ -94,7 +95,8 @@ def _summary(track: FeatureTrack, seconds: float, cached: bool) -> dict[str, obj
 
 @app.command()
 def features(
-    media: Annotated[list[Path], typer.Argument(help="Media files to extract features from.")],
+    # str, not Path: Path("rtsp://h/x") collapses to "rtsp:/h/x" and hides the URL check
+    media: Annotated[list[str], typer.Argument(help="Media files to extract features from.")],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o",
         help="Where to write the FeatureTrack (.npz). With several MEDIA: a directory.")] = None,
@@ -115,7 +117,7 @@ def features(
             raise MediaError(f"{m}: `expose features` reads files; live URLs go to `expose watch`")
     if output is not None and len(media) > 1 and output.suffix:
         raise ExposeError(f"--output {output}: with several MEDIA, give a directory")
-    for m in media:
+    for m in map(Path, media):
         total = _media_duration(m)
         t0 = time.perf_counter()
         with Progress(
@@ -123,7 +125,7 @@ def features(
             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
             disable=as_json or not err_console.is_terminal,
         ) as bar:
-            task = bar.add_task(m.name, total=total or None)
+            task = bar.add_task(escape(m.name), total=total or None)
             track, cached = cache.get(m, require_audio=not allow_no_audio, refresh=no_cache,
                                       progress=lambda s: bar.update(task, completed=s))
         seconds = time.perf_counter() - t0
@@ -143,7 +145,306 @@ def features(
                 f"{speed}" + (f" -> {info['output']}" if output is not None else "")
             )
             if track.face_ratio == 0:
-                err_console.print(f"[yellow]warning[/]: no face found in {m}")
+                err_console.print(f"[yellow]warning[/]: no face found in {escape(str(m))}")
+
+
+PRESETS: dict[str, dict[str, int | float]] = {
+    # "tiny" is the fast-test model (nanoGPT's baby GPT); "small" is the shipped CPU default.
+    "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "audio_layers": 1},
+    "small": {},
+    "large": {"d_model": 256, "n_layers": 6, "n_heads": 8, "d_ff": 512},
+}
+
+
+@app.command()
+def train(
+    corpus: Annotated[list[Path], typer.Argument(
+        help="Folders of talking videos (identity = folder name) or CSV manifests (path,identity[,label]).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
+    holdout: Annotated[str, typer.Option(
+        help="Comma-separated identities kept out of training (validation on unseen people).")] = "",
+    steps: Annotated[int, typer.Option(help="Optimiser steps (early stopping may end sooner).")] = 2500,
+    batch: Annotated[int, typer.Option(help="Windows per step.")] = 48,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    preset: Annotated[str, typer.Option(help="Model size: tiny (tests), small (default, CPU), large (GPU).")] = "small",
+    eval_every: Annotated[int, typer.Option(help="Steps between validations / checkpoints.")] = 100,
+    patience: Annotated[int, typer.Option(help="Validations without improvement before stopping.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]; CUDA trains in bf16 mixed precision.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, init, noise).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Pre-train the EXAM audio-to-expression diffusion model on a corpus of real talking videos."""
+    from dataclasses import asdict
+
+    from monitor.corpus import discover, load_tracks
+    from monitor.model import ModelConfig
+    from monitor.training import TrainConfig
+    from monitor.training import train as run_training
+
+    if preset not in PRESETS:
+        raise ExposeError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = _load(config)
+    cache = _feature_cache(cfg)
+    items = discover(corpus)
+    hold = {h.strip() for h in holdout.split(",") if h.strip()}
+    unknown = hold - {i.identity for i in items}
+    if unknown:
+        raise ExposeError(f"--holdout names identities not in the corpus: {', '.join(sorted(unknown))}")
+    with Progress(TextColumn("[bold]features"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("features", total=len(items))
+        tracks = load_tracks(items, cache, on_item=lambda *_: bar.advance(task))
+    tcfg = TrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
+                       device=device, seed=seed)
+    mcfg = ModelConfig(**PRESETS[preset])
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
+
+        def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
+            fields: dict[str, object] = {"loss": loss}
+            if evals:
+                fields["val"] = f"{evals['val']:.4f}"
+            bar.update(task, completed=step, **fields)
+
+        res = run_training(tracks, out, mcfg, tcfg, holdout=hold, resume=resume, on_step=on_step)
+    report = {
+        "out": str(out), "identities": len(res.identities), "windows_train": res.windows_train,
+        "windows_skipped": res.windows_skipped, "best_step": res.best_step,
+        "best_val": round(res.best_val, 5), "seconds": round(res.seconds, 1),
+        "last": res.history[-1] if res.history else None, "train_config": asdict(tcfg),
+    }
+    print(json.dumps(report, indent=2))
+
+
+ProfilesOpt = Annotated[
+    Path | None,
+    typer.Option("--profiles", help="Profile store folder (env EXPOSE_PROFILES; default: user data dir).",
+                 file_okay=False),
+]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="Base model checkpoint (default: model.path in the config, "
+                 "else the starter model shipped with expose).", dir_okay=False),
+]
+
+
+def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def]
+    from monitor.model import load_model
+
+    return load_model(model if model is not None else cfg.model.path)
+
+
+def _track_reference(cache: FeatureCache, path: Path):  # type: ignore[no-untyped-def]
+    from monitor.corpus import TrackArrays
+    from profiles.store import Reference
+
+    track, _ = cache.get(path, require_audio=True)
+    return TrackArrays.of(track, "subject"), Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
+
+
+@app.command()
+def enroll(
+    name: Annotated[str, typer.Argument(help="Profile name (letters, digits, '_', '.', '-').")],
+    media: Annotated[list[Path], typer.Argument(help="Genuine reference footage of the subject talking.")],
+    profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    steps: Annotated[int, typer.Option(help="Token optimisation steps.")] = 300,
+    target_far: Annotated[float, typer.Option(help="False-alarm rate per window the threshold aims at.")] = 0.01,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile of that name.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Enroll a subject: learn their adapter tokens on the frozen base model and calibrate a threshold."""
+    from profiles.enroll import EnrollConfig, EnrollError
+    from profiles.enroll import enroll as run_enroll
+    from profiles.store import ProfileStore, check_name
+
+    check_name(name)
+    cfg = _load(config)
+    store = ProfileStore(profiles or cfg.profiles_dir)
+    if store.exists(name) and not force:
+        raise ExposeError(f"profile {name!r} already exists in {store.root}; use --force to replace it")
+    base = _base_model(cfg, model)
+    cache = _feature_cache(cfg)
+    refs = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("features", total=len(media))
+        for m in media:
+            refs.append(_track_reference(cache, m))
+            bar.advance(task)
+        etask = bar.add_task("enroll", total=steps)
+        t0 = time.perf_counter()
+        try:
+            profile = run_enroll(name, base, refs, EnrollConfig(steps=steps, target_far=target_far),
+                                 on_step=lambda s, _l: bar.update(etask, completed=s))
+        except EnrollError as err:
+            raise ExposeError(f"cannot enroll {name!r}: {err}") from None
+    where = store.save(profile)
+    c = profile.calibration
+    print(f"enrolled {name!r} from {sum(r.duration_s for _, r in refs):.1f} s of reference in "
+          f"{time.perf_counter() - t0:.1f} s -> {where}")
+    print(f"calibration: {c.n_windows} held-out windows, distance mean {c.mean:.4f} sd {c.std:.4f}, "
+          f"threshold {c.threshold:.4f} (target false-alarm rate {c.target_far:g} per window)")
+
+
+profiles_app = typer.Typer(help="List, show and delete enrolled profiles.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("list")
+def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
+                  config: ConfigOpt = None) -> None:
+    """List enrolled profiles."""
+    from profiles.store import ProfileStore
+
+    store = ProfileStore(profiles or _load(config).profiles_dir)
+    rows = []
+    for n in store.names():
+        p = store.load(n)
+        rows.append({"name": n, "created": p.created, "references": len(p.references),
+                     "reference_s": round(sum(r.duration_s for r in p.references), 1),
+                     "threshold": round(p.calibration.threshold, 4), "base_model": p.base_model_sha256[:12]})
+    if as_json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no profiles in {store.root}")
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['created']}  {r['references']} refs, {r['reference_s']} s, "
+                  f"threshold {r['threshold']}, base {r['base_model']}")
+
+
+@profiles_app.command("show")
+def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = None) -> None:
+    """Print one profile's metadata as JSON."""
+    from dataclasses import asdict
+
+    from profiles.store import ProfileStore
+
+    p = ProfileStore(profiles or _load(config).profiles_dir).load(name)
+    meta = {k: v for k, v in asdict(p).items() if k != "tokens"}
+    meta["tokens_shape"] = list(p.tokens.shape)
+    print(json.dumps(meta, indent=2))
+
+
+@profiles_app.command("delete")
+def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = None) -> None:
+    """Delete a profile."""
+    from profiles.store import ProfileStore
+
+    store = ProfileStore(profiles or _load(config).profiles_dir)
+    store.delete(name)
+    print(f"deleted profile {name!r} from {store.root}")
+
+
+def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, names: set[str]):  # type: ignore[no-untyped-def]
+    """Load the base model and the named profiles, refusing profiles of another base model."""
+    from monitor.clip_scoring import settings_for
+    from monitor.scorer import Scorer
+    from monitor.training import pick_device
+    from profiles.store import ProfileStore
+
+    base = _base_model(cfg, model)
+    store = ProfileStore(profiles or cfg.profiles_dir)
+    loaded = {}
+    for n in sorted(names):
+        p = store.load(n)
+        p.check_base(base.sha256)
+        loaded[n] = p
+    scorer = Scorer(base.model, settings_for(base), device=pick_device(cfg.model.device))
+    return scorer, loaded
+
+
+@app.command()
+def score(
+    media: Annotated[Path, typer.Argument(help="Media file to check.")],
+    claimed: Annotated[str, typer.Option("--as", help="Profile the person on screen claims to be.")],
+    profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    hop: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Score a clip against a profile: identity distance per window, a timeline, and the clip verdict."""
+    from dataclasses import asdict
+
+    from monitor.clip_scoring import score_track, timeline
+
+    cfg = _load(config)
+    scorer, loaded = _scoring_context(cfg, model, profiles, {claimed})
+    profile = loaded[claimed]
+    track, _ = _feature_cache(cfg).get(media, require_audio=True)
+    res = score_track(track, profile, scorer, hop=max(1, int(round(hop * 25))))
+    thr = profile.calibration.threshold
+    if as_json:
+        print(json.dumps({
+            "media": str(media), "claimed": claimed, "threshold": thr, "verdict": res.verdict,
+            "clip_score": res.clip_score, "over_threshold": res.over_threshold,
+            "windows": [asdict(s) | {"z": profile.normalized(s.distance) if s.distance is not None else None}
+                        for s in res.scores],
+        }))
+        return
+    print(f"{media} as {claimed!r}: {len(res.scores)} windows, threshold {thr:.4f}")
+    for s in res.scores:
+        if s.distance is None:
+            print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  insufficient: {s.reason}")
+        else:
+            flag = "OVER" if s.distance > thr else "    "
+            print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
+                  f"(identity {s.identity:+.4f}, sync {s.sync:+.4f})")
+    print(f"timeline  [{timeline(res, thr)}]  ('.' authentic, '!' over threshold, '?' insufficient)")
+    cs = "n/a" if res.clip_score is None else f"{res.clip_score:+.2f}"
+    print(f"verdict: {res.verdict.upper()}  (clip score {cs} sd above genuine, "
+          f"{100 * res.over_threshold:.0f}% of windows over threshold)")
+
+
+@app.command(name="eval")
+def evaluate_cmd(
+    cases: Annotated[Path, typer.Argument(help="CSV with columns path,claimed,label (real | fake | fake:<method>).",
+                                          exists=False)],
+    profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate detection on labelled clips: ROC AUC, EER, TPR at 1% FPR, per claimed identity and per fake method."""
+    from monitor.clip_scoring import score_track
+    from monitor.eval_cases import read_cases, summarize
+
+    cfg = _load(config)
+    rows = read_cases(cases)
+    scorer, loaded = _scoring_context(cfg, model, profiles, {r.claimed for r in rows})
+    cache = _feature_cache(cfg)
+    clips = []
+    with Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("eval", total=len(rows))
+        for r in rows:
+            try:
+                track, _ = cache.get(r.path, require_audio=True)
+                res = score_track(track, loaded[r.claimed], scorer)
+                value, note = res.clip_score, ("" if res.clip_score is not None else "insufficient")
+            except MediaError as err:
+                value, note = None, str(err)
+            clips.append({"path": str(r.path), "claimed": r.claimed, "label": r.label, "score": value,
+                          **({"note": note} if note else {})})
+            bar.advance(task)
+    report = summarize(clips)
+    if as_json:
+        print(json.dumps(report))
+        return
+    def fmt(v: object) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+    print(f"{report['n_scored']} clips scored ({report['n_real']} real, {report['n_fake']} fake), "
+          f"{report['n_unscored']} without a score")
+    print(f"overall: AUC {fmt(report['auc'])}  EER {fmt(report['eer'])}  TPR@1%FPR {fmt(report['tpr_at_1pct_fpr'])}")
+    for key in ("by_method", "by_claimed"):
+        for k, v in report[key].items():
+            print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
 
 
 def main() -> None:
@@ -151,7 +452,7 @@ def main() -> None:
     try:
         app()
     except ExposeError as err:
-        err_console.print(f"expose: error: {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"expose: error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("expose: interrupted")

@@ -42,11 +42,28 @@ class FeatureConfig(_Strict):
     )
 
 
+STARTER_MODEL = Path(__file__).parent / "assets" / "exam-small.safetensors"
+
+
+class ModelSection(_Strict):
+    path: Path = Field(
+        STARTER_MODEL,
+        description="EXAM base model checkpoint (env EXPOSE_MODEL); default: the starter model "
+        "shipped with expose (see monitor/assets/MODEL_CARD.md).",
+    )
+    device: str = Field("auto", description="auto (GPU when present), cpu, or cuda[:N].")
+
+
 class Config(_Strict):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
     cache_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_cache_dir(APP_NAME)),
         description="Feature cache and downloaded assets (env EXPOSE_CACHE).",
+    )
+    profiles_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)) / "profiles",
+        description="Profile store (env EXPOSE_PROFILES).",
     )
 
 
@@ -62,6 +79,10 @@ def load_config(path: Path | None = None) -> Config:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     if cache := os.environ.get("EXPOSE_CACHE"):
         data["cache_dir"] = cache
+    if profiles := os.environ.get("EXPOSE_PROFILES"):
+        data["profiles_dir"] = profiles
+    if model := os.environ.get("EXPOSE_MODEL"):
+        data.setdefault("model", {})["path"] = model
     try:
         return Config.model_validate(data)
     except ValidationError as err:

@@ -89,7 +89,7 @@ class ExpressionExtractor:
         try:
             with _quiet_stderr():
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, OSError) as err:  # OSError: missing file
             raise AssetError(f"cannot load face model {model_path}: {str(err).splitlines()[0]}") from None
         self._last_ms = -1
         self._last_centre: np.ndarray | None = None

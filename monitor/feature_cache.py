@@ -3,6 +3,7 @@ so training and evaluation never extract the same file twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -40,7 +41,8 @@ class FeatureCache:
                     if require_audio and not track.has_audio:
                         pass  # fall through: extraction raises the proper MediaError
                     else:
-                        return track, True
+                        # identical bytes may live under several names: report this one
+                        return dataclasses.replace(track, source=str(media)), True
                 except FeatureFileError as err:
                     log.warning("ignoring damaged cache entry %s (%s)", entry, err)
         track = extract_track(media, self.cfg, self.model_path, require_audio=require_audio,

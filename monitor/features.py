@@ -23,13 +23,14 @@ from monitor.config import FeatureConfig
 from monitor.errors import MediaError
 from monitor.expressions import EXPRESSION_DIM, ExpressionExtractor
 from monitor.face_model import sha256_file
+from monitor.phones import phone_posteriors
 from monitor.media import AUDIO_RATE, AudioChunk, MediaReader, VideoFrame
 from monitor.track import FORMAT_VERSION, FeatureTrack
 
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes extracted values changes; it keys the feature cache.
-EXTRACTOR_REVISION = 1
+EXTRACTOR_REVISION = 2
 MAX_INTERPOLATED_GAP = 3
 
 Progress = Callable[[float], None]  # called with seconds of media processed so far
@@ -139,6 +140,7 @@ def extract_track(
         face_mask=mask,
         mel=log_mel(samples, n),
         speech=speech_activity(samples, n),
+        phones=phone_posteriors(samples, n),
         has_audio=has_audio and samples.size > 0,
         source=str(source),
         media_sha256=media_sha256,

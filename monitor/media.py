@@ -122,8 +122,8 @@ class MediaReader:
         self._video = c.streams.video[0] if c.streams.video else None
         self._audio = c.streams.audio[0] if (c.streams.audio and want_audio) else None
         if self._video is None and require_video:
+            kind = "audio-only" if c.streams.audio else "without video"  # before close()
             self.close()
-            kind = "audio-only" if c.streams.audio else "without video"
             raise MediaError(f"{self.url}: has no video stream ({kind} media); a face video is needed")
         if not c.streams.audio and require_audio:
             self.close()

@@ -7,6 +7,7 @@ JSON string with ``format_version``. Readers refuse other versions with a clear 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ import numpy as np
 from monitor.audio_features import FPS, MELS_PER_FRAME, N_MELS
 from monitor.errors import FeatureFileError
 from monitor.expressions import EXPRESSION_DIM
+from monitor.phones import N_PHONES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEECH_THRESHOLD = 0.5  # a frame "has speech" when at least half its 10 ms sub-frames do
 
 
@@ -38,14 +40,21 @@ class FeatureTrack:
     media_sha256: str = ""  # content hash of a file source ("" for live sources)
     extractor_version: str = ""
     fps: int = FPS
+    # (N, 40) float32 phone fractions per frame (monitor.phones); None -> all silence
+    phones: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.face_mask)
+        if self.phones is None:
+            sil = np.zeros((n, N_PHONES), dtype=np.float32)
+            sil[:, 0] = 1.0
+            object.__setattr__(self, "phones", sil)
         checks = {
             "expression": (self.expression.shape == (n, EXPRESSION_DIM), np.float32),
             "face_mask": (self.face_mask.shape == (n,), np.bool_),
             "mel": (self.mel.shape == (n, MELS_PER_FRAME, N_MELS), np.float32),
             "speech": (self.speech.shape == (n,), np.float32),
+            "phones": (self.phones.shape == (n, N_PHONES), np.float32),
         }
         for name, (shape_ok, dtype) in checks.items():
             arr = getattr(self, name)
@@ -77,6 +86,15 @@ class FeatureTrack:
     def speech_ratio(self) -> float:
         return float(self.speech_mask.mean()) if len(self) else 0.0
 
+    def segment(self, start: int, end: int) -> FeatureTrack:
+        """Rows [start, end) as a track of their own (row 0 = old row ``start``)."""
+        if not 0 <= start < end <= len(self):
+            raise ValueError(f"segment [{start}, {end}) outside a track of {len(self)} frames")
+        return dataclasses.replace(
+            self, expression=self.expression[start:end], face_mask=self.face_mask[start:end],
+            mel=self.mel[start:end], speech=self.speech[start:end], phones=self.phones[start:end],
+            source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
+
     def save(self, path: Path) -> None:
         meta = {
             "format_version": FORMAT_VERSION,
@@ -96,6 +114,7 @@ class FeatureTrack:
             face_mask=self.face_mask,
             mel=self.mel.astype(np.float16),  # log-mel needs no more; halves the cache
             speech=self.speech,
+            phones=self.phones.astype(np.float16),
         )
         tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
 
@@ -115,6 +134,7 @@ class FeatureTrack:
                     face_mask=z["face_mask"].astype(bool),
                     mel=z["mel"].astype(np.float32),
                     speech=z["speech"].astype(np.float32),
+                    phones=z["phones"].astype(np.float32),
                     has_audio=bool(meta["has_audio"]),
                     source=str(meta.get("source", "")),
                     media_sha256=str(meta.get("media_sha256", "")),

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite. Tests read ../shared (corpus and face model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export EXPOSE_FACE_MODEL="${EXPOSE_FACE_MODEL:-$(cd .. && pwd)/shared/models/face_landmarker.task}"
+exec .venv/bin/python -m pytest -q "$@"
