@@ -135,6 +135,8 @@ def features(
         info = _summary(track, seconds, cached)
         if output is not None:
             info["output"] = str(dest)
+        if track.face_ratio == 0:
+            info["warning"] = "no face found"
         if as_json:
             print(json.dumps(info))
         else:
@@ -207,6 +209,8 @@ def train(
             fields: dict[str, object] = {"loss": loss}
             if evals:
                 fields["val"] = f"{evals['val']:.4f}"
+                if not err_console.is_terminal:  # no live bar: one line per validation
+                    print(json.dumps(evals), file=sys.stderr, flush=True)
             bar.update(task, completed=step, **fields)
 
         res = run_training(tracks, out, mcfg, tcfg, holdout=hold, resume=resume, on_step=on_step)
@@ -445,6 +449,8 @@ def evaluate_cmd(
     for key in ("by_method", "by_claimed"):
         for k, v in report[key].items():
             print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
+
+
 
 
 def main() -> None:

@@ -69,11 +69,11 @@ class _Timeline:
         for k, r in enumerate(rows):
             if r is not None:
                 expr[k], mask[k] = r, True
-        _interpolate_gaps(expr, mask, [r is None for r in rows])
+        interpolate_gaps(expr, mask, [r is None for r in rows])
         return expr, mask
 
 
-def _interpolate_gaps(expr: np.ndarray, mask: np.ndarray, missing: list[bool]) -> None:
+def interpolate_gaps(expr: np.ndarray, mask: np.ndarray, missing: list[bool]) -> None:
     """Fill short runs of ticks with no frame between two ticks that have a face."""
     n, k = len(mask), 0
     while k < n:
@@ -129,6 +129,10 @@ def extract_track(
         has_audio = reader.info.has_audio
     if prev_t is None:
         raise MediaError(f"{source}: no video frame could be decoded")
+    header = reader.info.duration
+    if header and last_video_t < 0.8 * header - 1.0:
+        log.warning("%s: decoded %.1f s of video but the header says %.1f s; the file looks truncated",
+                    source, last_video_t, header)
     frame_step = float(np.median(intervals)) if intervals else 1.0 / FPS
     n = max(1, int(round((last_video_t + frame_step) * FPS)))
     expr, mask = timeline.finish(n)

@@ -74,8 +74,9 @@ def is_network_url(url: str) -> bool:
 
 def _open_options(url: str) -> dict[str, str]:
     if url.lower().startswith(("rtsp://", "rtsps://")):
-        # TCP avoids UDP loss behind NAT; low-delay flags keep the live edge close.
-        return {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"}
+        # TCP avoids UDP loss behind NAT. No "nobuffer" / "low_delay": with them FFmpeg's
+        # H.264 decoder returned no frame at all from a real RTSP server (B-frame stream).
+        return {"rtsp_transport": "tcp"}
     return {}
 
 

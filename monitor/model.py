@@ -92,6 +92,9 @@ class Exam(nn.Module):
             if name.startswith(("mouth", "jaw")):
                 weights[i] = cfg.mouth_weight
         self.register_buffer("dim_weight", weights / weights.mean())
+        # Mouth/jaw channels only: what the audio should explain (used by the sync term).
+        self.register_buffer("mouth_weight", (weights > 1).float() / (weights > 1).float().mean().clamp(min=1e-6)
+                             if cfg.mouth_weight > 1 else torch.ones(cfg.expr_dim), persistent=False)
 
         self.id_tokens = nn.Parameter(torch.randn(cfg.n_identities, k, d) * 0.02)
         self.null_tokens = nn.Parameter(torch.randn(k, d) * 0.02)
@@ -139,9 +142,11 @@ class Exam(nn.Module):
         seq = self.blocks(seq)
         return self.out(self.out_norm(seq[:, self.cfg.n_id_tokens :]))  # (B, T, D)
 
-    def window_error(self, x0: torch.Tensor, x0_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def window_error(self, x0: torch.Tensor, x0_hat: torch.Tensor, mask: torch.Tensor,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
         """Masked, dimension-weighted mean squared error per window: (B,)."""
-        se = ((x0_hat - x0) ** 2 * self.dim_weight).mean(dim=-1)  # (B, T)
+        w = self.dim_weight if weight is None else weight
+        se = ((x0_hat - x0) ** 2 * w).mean(dim=-1)  # (B, T)
         m = mask.float()
         return (se * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 

@@ -10,8 +10,9 @@ Two terms, each kept in the Score so a console can say why a window was flagged:
 - ``identity`` = mean log(err_subject / err_null): below 0 when the subject's tokens
   explain the motion better than "anyone" does; content-agnostic, since hard content
   raises both errors.
-- ``sync`` = mean log(err_subject / err_subject_with_shifted_audio): below 0 when the
-  true audio explains the motion better than the same audio out of sync. The identity
+- ``sync`` = mean log(err_subject / err_subject_with_shifted_audio) over the mouth and
+  jaw channels (what the audio should explain): below 0 when the true audio explains
+  the mouth better than the same audio out of sync. The identity
   ratio alone is blind to dubbing and lip-sync (both branches hear the same wrong
   audio); this term is not.
 ``distance = w_identity * identity + w_sync * sync``; higher means less like the person.
@@ -28,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from monitor.diffusion import add_noise
 from monitor.model import Exam
 from monitor.windows import Window
 
@@ -108,20 +110,21 @@ class Scorer:
                 results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "insufficient", w.face_ratio,
                                    w.speech_ratio, reason=r)
         if ok:
-            errs = self._errors([windows[i] for i in ok], torch.stack([tokens[i] for i in ok]))
+            errs, mouth = self._errors([windows[i] for i in ok], torch.stack([tokens[i] for i in ok]))
             for j, i in enumerate(ok):
                 w = windows[i]
-                e_sub, e_null, e_shift = errs[:, :, j, 0], errs[:, :, j, 1], errs[:, :, j, 2]
+                e_sub, e_null = errs[:, :, j, 0], errs[:, :, j, 1]
                 ident = float(torch.log(e_sub / e_null).mean())
-                sync = float(torch.log(e_sub / e_shift).mean())
+                sync = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 2]).mean())
                 dist = self.settings.w_identity * ident + self.settings.w_sync * sync
                 results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "scored", w.face_ratio,
                                    w.speech_ratio, distance=dist, identity=ident, sync=sync,
                                    err_subject=float(e_sub.mean()), err_null=float(e_null.mean()))
         return [results[i] for i in range(len(windows))]
 
-    def _errors(self, windows: list[Window], tokens: torch.Tensor) -> torch.Tensor:
-        """(times, draws, W, 3) reconstruction errors; branches: subject, null, subject+shifted audio."""
+    def _errors(self, windows: list[Window], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(times, draws, W, 3) reconstruction errors over all channels and over the mouth
+        channels; branches: subject, null, subject with shifted audio."""
         m = self.model
         n_t, n_d = len(self.settings.times), self.settings.draws
         n_w = len(windows)
@@ -144,5 +147,12 @@ class Scorer:
         tok_b = branch_tokens.expand(n_t, n_d, *branch_tokens.shape).reshape(big, *tokens.shape[1:])
         t_b = torch.tensor(self.settings.times, device=self.device).view(n_t, 1, 1, 1).expand(n_t, n_d, 3, n_w).reshape(big)
         noise_b = self._noise[:, :, None, None].expand(n_t, n_d, 3, n_w, *self._noise.shape[2:]).reshape(big, *x0.shape[1:])
-        err = m.denoising_error(x0_b, audio_b, mask_b, tok_b, t_b, noise_b)  # (big,)
-        return err.view(n_t, n_d, 3, n_w).permute(0, 1, 3, 2)  # (times, draws, W, 3)
+        x_t = add_noise(x0_b, t_b, noise_b)
+        x0_hat = m(x_t, t_b, audio_b, tok_b)  # the one batched forward pass
+        err = m.window_error(x0_b, x0_hat, mask_b)  # (big,)
+        mouth = m.window_error(x0_b, x0_hat, mask_b, m.mouth_weight)
+
+        def arrange(e: torch.Tensor) -> torch.Tensor:
+            return e.view(n_t, n_d, 3, n_w).permute(0, 1, 3, 2)  # (times, draws, W, 3)
+
+        return arrange(err), arrange(mouth)

@@ -33,7 +33,7 @@ class FeatureTrack:
 
     expression: np.ndarray = field(repr=False)  # (N, 58) float32: 52 blendshapes + 6 pose
     face_mask: np.ndarray = field(repr=False)  # (N,) bool: a face was found (or interpolated)
-    mel: np.ndarray = field(repr=False)  # (N, 4, 80) float32 log-mel; zeros when no audio
+    mel: np.ndarray = field(repr=False)  # (N, 4, 80) float32 log-mel; log(1e-10) (silence) when no audio
     speech: np.ndarray = field(repr=False)  # (N,) float32 in [0, 1] speech activity
     has_audio: bool
     source: str = ""  # path or URL, informational

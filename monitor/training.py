@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from monitor.corpus import TrackArrays
+from monitor.diffusion import add_noise
 from monitor.model import Exam, ModelConfig, save_model
 from monitor.track import SPEECH_THRESHOLD
 from monitor.windows import center_expression
@@ -227,19 +228,25 @@ def evaluate(model: Exam, b: WindowBatch, seed: int = 0, own_tokens: bool = True
     audio_neg = model.encode_audio(model.normalize_audio(b.audio_neg))
     null = model.tokens_for(torch.full_like(b.identity, -1))
     own = model.tokens_for(b.identity) if own_tokens else null
-    res: dict[str, list[torch.Tensor]] = {"own": [], "null": [], "own_shift": []}
+    res: dict[str, list[torch.Tensor]] = {"own": [], "null": [], "own_shift": [], "mouth": [], "mouth_shift": []}
     for t_val in SCORE_TIMES:
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         t = torch.full((len(x0),), t_val, device=x0.device)
-        res["own"].append(model.denoising_error(x0, audio, b.mask, own, t, noise))
-        res["null"].append(model.denoising_error(x0, audio, b.mask, null, t, noise))
-        res["own_shift"].append(model.denoising_error(x0, audio_neg, b.mask, own, t, noise))
-    own_e, null_e, shift_e = (torch.stack(res[k]).mean(0) for k in ("own", "null", "own_shift"))
+        x_t = add_noise(x0, t, noise)
+        pred_own, pred_shift = model(x_t, t, audio, own), model(x_t, t, audio_neg, own)
+        res["own"].append(model.window_error(x0, pred_own, b.mask))
+        res["null"].append(model.window_error(x0, model(x_t, t, audio, null), b.mask))
+        res["own_shift"].append(model.window_error(x0, pred_shift, b.mask))
+        res["mouth"].append(model.window_error(x0, pred_own, b.mask, model.mouth_weight))
+        res["mouth_shift"].append(model.window_error(x0, pred_shift, b.mask, model.mouth_weight))
+    own_e, null_e, shift_e, mouth_e, mouth_shift_e = (
+        torch.stack(res[k]).mean(0) for k in ("own", "null", "own_shift", "mouth", "mouth_shift"))
     model.train()
     return {
         "err_own": float(own_e.mean()),
         "err_null": float(null_e.mean()),
         "audio_shift_ratio": float((shift_e / own_e).mean()),
+        "mouth_audio_shift_ratio": float((mouth_shift_e / mouth_e).mean()),
         "id_log_gap": float(torch.log(own_e / null_e).mean()),
     }
 
@@ -373,7 +380,7 @@ def train(
         step += 1
         evals = None
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            evals = {"step": step, "loss": float(loss), "rec": float(rec), "sync": float(sync), "id": float(idl)}
+            evals = {"step": step, "loss": loss.item(), "rec": rec.item(), "sync": sync.item(), "id": idl.item()}
             if val_seen is not None:
                 evals.update({f"seen_{k}": v for k, v in evaluate(model, val_seen.to(device)).items()})
             if val_unseen is not None:
@@ -392,9 +399,9 @@ def train(
             if bad_evals >= cfg.patience:
                 log.info("early stop at step %d (best %d)", step, best_step)
                 if on_step:
-                    on_step(step, float(loss), evals)
+                    on_step(step, loss.item(), evals)
                 break
         if on_step:
-            on_step(step, float(loss), evals)
+            on_step(step, loss.item(), evals)
     return TrainResult(best_step, best, history, time.perf_counter() - t_start, identities,
                        sampler.n_windows, skipped)

@@ -1,0 +1,123 @@
+"""Small real media files for tests, written with PyAV and real codecs (no mocks).
+
+Every helper writes into a caller-given path (a pytest ``tmp_path``) and returns it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def truncated_copy(src: Path, dest: Path, fraction: float) -> Path:
+    """The first ``fraction`` of ``src``'s bytes: what an interrupted download leaves."""
+    data = Path(src).read_bytes()
+    dest.write_bytes(data[: max(1, int(len(data) * fraction))])
+    return dest
+
+
+def video_only_remux(src: Path, dest: Path, seconds: float = 2.0) -> Path:
+    """Copy the first ``seconds`` of ``src``'s video stream (no re-encoding), no audio."""
+    with av.open(str(src)) as inp, av.open(str(dest), "w") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        for packet in inp.demux(vin):
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            if packet.pts is not None and packet.time_base is not None and \
+                    packet.pts * packet.time_base > seconds:
+                break
+            packet.stream = vout
+            out.mux(packet)
+    return dest
+
+
+def audio_only_wav(src: Path, dest: Path, seconds: float = 2.0, rate: int = 16_000) -> Path:
+    """Decode ``src``'s audio and write ``seconds`` of it as a 16-bit PCM wav (no video)."""
+    with av.open(str(src)) as inp, av.open(str(dest), "w") as out:
+        astream = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        written = 0
+        for frame in inp.decode(audio=0):
+            for res in resampler.resample(frame):
+                res.pts = None
+                for packet in astream.encode(res):
+                    out.mux(packet)
+                written += res.samples
+            if written >= seconds * rate:
+                break
+        for packet in astream.encode(None):
+            out.mux(packet)
+    return dest
+
+
+def synthetic_av(
+    dest: Path,
+    seconds: float = 2.0,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    tone_hz: float | None = 440.0,
+    video_codec: str = "libx264",
+    audio_codec: str = "aac",
+    sample_rate: int = 44_100,
+) -> Path:
+    """A video of moving gradients and noise (no face) with a sine tone (or no audio).
+
+    Deterministic: the same arguments give the same pictures and samples.
+    """
+    width, height = size
+    rng = np.random.default_rng(0)
+    n_frames = int(round(seconds * fps))
+    with av.open(str(dest), "w") as out:
+        vs = out.add_stream(video_codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        aus = None
+        if tone_hz is not None:
+            aus = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        for i in range(n_frames):
+            phase = 2 * np.pi * i / fps
+            img = np.stack([
+                127 + 120 * np.sin(xx / 23.0 + phase),
+                127 + 120 * np.cos(yy / 17.0 - 0.7 * phase),
+                rng.integers(0, 256, size=(height, width)),
+            ], axis=-1).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+        if aus is not None:
+            block = 1024
+            total = int(seconds * sample_rate)
+            t = np.arange(total, dtype=np.float64) / sample_rate
+            wave = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+            for start in range(0, total, block):
+                chunk = wave[start : start + block]
+                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+                frame.sample_rate = sample_rate
+                frame.pts, frame.time_base = start, Fraction(1, sample_rate)
+                for packet in aus.encode(frame):
+                    out.mux(packet)
+            for packet in aus.encode(None):
+                out.mux(packet)
+    return dest
+
+
+def faststart_remux(src: Path, dest: Path) -> Path:
+    """Copy every stream of ``src`` into an mp4 whose index (moov) comes first, so that
+    a truncated copy still opens and decodes up to the cut."""
+    faststart = {"movflags": "faststart"}
+    with av.open(str(src)) as inp, av.open(str(dest), "w", options=faststart) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams
+                   if s.type in ("video", "audio")}
+        for packet in inp.demux(*[inp.streams[i] for i in streams]):
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dest

@@ -1,0 +1,145 @@
+"""Unit tests of the EXAM pieces: schedule, masking, checkpoint round trip, frozen base
+during enrollment, deterministic scores, insufficient windows. Tiny model preset,
+fixed seeds; features from real corpus clips where the test needs real windows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.corpus import TrackArrays
+from monitor.diffusion import add_noise, alpha_bar
+from monitor.model import Exam, ModelConfig, ModelFileError, load_model, save_model
+from monitor.scorer import Scorer
+from monitor.windows import AUDIO_DIM, Window, center_expression, windows_of
+from profiles.enroll import EnrollConfig, enroll
+from profiles.store import ProfileError, ProfileStore, Reference
+
+@pytest.fixture(scope="module")
+def track_of(extract, clip):  # type: ignore[no-untyped-def]
+    return lambda rel: extract(clip(rel))
+
+
+TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
+
+
+def test_cosine_schedule_is_monotone_from_signal_to_noise() -> None:
+    t = torch.linspace(0, 1, 101)
+    ab = alpha_bar(t)
+    assert ab[0] > 0.999 and ab[-1] < 1e-3
+    assert bool((ab[1:] <= ab[:-1]).all())
+    # variance preserving: unit-variance x0 and noise give unit-variance x_t
+    x0, noise = torch.randn(20000, 1, 1), torch.randn(20000, 1, 1)
+    for tv in (0.2, 0.5, 0.8):
+        xt = add_noise(x0, torch.full((20000,), tv), noise)
+        assert math.isclose(float(xt.var()), 1.0, abs_tol=0.05)
+
+
+def test_window_error_ignores_frames_without_face() -> None:
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    x0 = torch.zeros(2, 64, TINY.expr_dim)
+    pred = torch.zeros_like(x0)
+    pred[:, 32:] = 5.0  # wrong only where the face is missing
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[:, 32:] = False
+    assert torch.allclose(m.window_error(x0, pred, mask), torch.zeros(2))
+    mask[1, 40] = True
+    err = m.window_error(x0, pred, mask)
+    assert err[0] == 0 and err[1] > 0
+
+
+def test_center_expression_removes_session_offsets() -> None:
+    rng = np.random.default_rng(0)
+    motion = rng.normal(size=(64, 58)).astype(np.float32)
+    mask = np.ones(64, dtype=bool)
+    a = center_expression(motion, mask)
+    b = center_expression(motion + 3.0, mask)  # another session: constant pose/lighting offset
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    mask[:10] = False
+    assert np.all(center_expression(motion, mask)[:10] == 0)
+
+
+def test_checkpoint_round_trip_and_bad_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    m.expr_scale.fill_(0.5)
+    path = tmp_path / "m.safetensors"
+    save_model(m, path, {"identities": ["a", "b", "c"]})
+    loaded = load_model(path)
+    assert loaded.model.cfg == TINY
+    assert loaded.meta["identities"] == ["a", "b", "c"]
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFileError):
+        load_model(bad)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def _windows(track_of, clip: str, hop: int = 16) -> list[Window]:
+    return windows_of(track_of(clip), TINY.window, hop)
+
+
+def test_scores_are_deterministic_and_batch_independent(track_of) -> None:
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    ws = _windows(track_of, "real/lrs2_00016/00016.mp4")
+    assert len(ws) >= 3
+    tok = m.null_tokens.detach() + 0.1
+    s1 = Scorer(m).score(ws, [tok] * len(ws), ["p"] * len(ws))
+    s2 = Scorer(m).score(ws[:1], [tok], ["p"])
+    s3 = Scorer(m).score(ws, [tok] * len(ws), ["p"] * len(ws))
+    assert [s.distance for s in s1] == [s.distance for s in s3]
+    assert s1[0].distance == pytest.approx(s2[0].distance, rel=1e-5, abs=1e-6)
+    assert all(s.status == "scored" for s in s1)
+
+
+def test_window_without_face_or_speech_is_insufficient() -> None:
+    m = Exam(TINY)
+    t = TINY.window
+    silent = Window("s", 0.0, t / 25, np.zeros((t, 58), np.float32), np.zeros((t, AUDIO_DIM), np.float32),
+                    np.ones(t, bool), np.zeros(t, np.float32))
+    faceless = Window("s", 0.0, t / 25, np.zeros((t, 58), np.float32), np.zeros((t, AUDIO_DIM), np.float32),
+                      np.zeros(t, bool), np.ones(t, np.float32))
+    out = Scorer(m).score([silent, faceless], [m.null_tokens.detach()] * 2, ["p", "p"])
+    assert [s.status for s in out] == ["insufficient", "insufficient"]
+    assert all(s.distance is None for s in out)
+    assert "speech" in out[0].reason and "face" in out[1].reason
+
+
+def test_enrollment_changes_only_the_tokens(track_of, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    path = tmp_path / "base.safetensors"
+    save_model(m, path, {"identities": ["a", "b", "c"]})
+    base = load_model(path)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    tr = track_of("real/vox_00098/clip_01.mp4")
+    refs = [(TrackArrays.of(tr, "subj"), Reference(tr.source, tr.media_sha256, tr.duration, 0))]
+    profile = enroll("subj", base, refs, EnrollConfig(steps=15, batch=8))
+    after = base.model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"base weight {k} changed during enrollment"
+    assert not torch.allclose(profile.tokens, base.model.null_tokens.detach())
+    assert profile.base_model_sha256 == base.sha256
+    assert profile.calibration.n_windows > 0
+    assert profile.calibration.threshold > profile.calibration.mean
+
+    store = ProfileStore(tmp_path / "profiles")
+    store.save(profile)
+    again = store.load("subj")
+    assert torch.equal(again.tokens, profile.tokens)
+    again.check_base(base.sha256)
+    with pytest.raises(ProfileError, match="re-enroll"):
+        again.check_base("0" * 64)
+    with pytest.raises(ProfileError, match="unknown profile"):
+        store.load("nobody")
+    with pytest.raises(ProfileError, match="invalid profile name"):
+        store.load("../etc")
