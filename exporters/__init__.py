@@ -1,1 +1,6 @@
-"""Alert sinks, each one small module behind one interface."""
+"""Alert sinks: where the monitor's events go besides its own database.
+
+Each sink is one small module behind ``exporters.base.AlertSink``; ``build_sinks``
+picks them by the ``kind`` in the config (webhook, syslog/CEF and Prometheus plug in
+the same way).
+"""

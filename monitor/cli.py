@@ -108,7 +108,7 @@ def features(
 ) -> None:
     """Extract 25 fps expression + audio features (a FeatureTrack) and print a summary.
 
-    Results are cached by the file's content hash and the extractor version, so later training and evaluation reuse them.
+    Results are cached by the file's content hash and extractor version; training and evaluation reuse them.
     """
     cfg = _load(config)
     cache = _feature_cache(cfg)
@@ -127,7 +127,7 @@ def features(
         ) as bar:
             task = bar.add_task(escape(m.name), total=total or None)
             track, cached = cache.get(m, require_audio=not allow_no_audio, refresh=no_cache,
-                                      progress=lambda s: bar.update(task, completed=s))
+                                      progress=lambda s, task=task: bar.update(task, completed=s))
         seconds = time.perf_counter() - t0
         if output is not None:
             dest = output / f"{m.stem}.features.npz" if len(media) > 1 or output.is_dir() else output
@@ -451,6 +451,7 @@ def evaluate_cmd(
             print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
 
 
+from monitor import cli_live  # noqa: E402,F401  (registers serve and watch)
 
 
 def main() -> None:

@@ -8,11 +8,12 @@ Every default works on one machine out of the box.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from monitor.errors import ConfigError
 
@@ -54,6 +55,69 @@ class ModelSection(_Strict):
     device: str = Field("auto", description="auto (GPU when present), cpu, or cuda[:N].")
 
 
+class ServerSection(_Strict):
+    host: str = Field("127.0.0.1", description="Address `expose serve` listens on (0.0.0.0: all interfaces).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    token: SecretStr | None = Field(
+        None, description="Bearer token for WHIP, the REST API and the websocket (env EXPOSE_TOKEN). "
+        "Unset: a random token is generated at start and printed.")
+    db_path: Path | None = Field(
+        None, description="SQLite file for alerts, events and the stream registry "
+        "(default: monitor.sqlite3 in the user data dir).")
+    max_sdp_bytes: int = Field(65536, ge=1024, description="Largest WHIP offer accepted (413 above).")
+    heartbeat_s: float = Field(10.0, gt=0, description="Seconds between websocket heartbeats.")
+    ws_queue: int = Field(1000, ge=10, description="Events buffered per websocket client before it is "
+                          "disconnected as too slow (it resumes with ?since=SEQ).")
+    events_keep: int = Field(200_000, ge=1000, description="Events kept in the database for replay.")
+    ice_host_addresses: list[str] | None = Field(
+        None, description="Restrict WebRTC host candidates to these local addresses (e.g. [\"127.0.0.1\"] "
+        "for loopback-only use); unset: every non-loopback interface.")
+
+
+class LiveSection(_Strict):
+    hop_s: float = Field(1.0, gt=0, le=10, description="Seconds between consecutive windows of a stream.")
+    max_batch: int = Field(64, ge=1, description="Most windows scored in one batched call.")
+    batch_linger_s: float = Field(0.02, ge=0, le=1, description="Wait this long for more streams' windows "
+                                  "before scoring a batch.")
+    queue_items: int = Field(128, ge=8, description="Media items queued per stream; beyond, the oldest "
+                             "video frames are dropped and counted.")
+    audio_context_s: float = Field(0.5, ge=0, le=5, description="Audio before each window that the speech "
+                                   "detector and phone decoder also hear.")
+    max_buffer_s: float = Field(20.0, ge=5, description="Per-stream feature buffer (oldest dropped beyond).")
+    stall_after_s: float = Field(5.0, gt=0, description="No frame this long: the source is restarted.")
+    open_timeout_s: float = Field(15.0, gt=0, description="Connect / read timeout of pull sources.")
+    backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay (doubles each failure).")
+    backoff_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay.")
+    max_restarts: int = Field(10, ge=0, description="Restarts allowed within restart_window_s before the "
+                              "stream is marked failed.")
+    restart_window_s: float = Field(600.0, gt=0, description="Window for max_restarts.")
+
+
+class AlertSection(_Strict):
+    smoothing: int = Field(3, ge=1, description="Scored windows averaged into the smoothed distance.")
+    raise_k: int = Field(3, ge=1, description="Raise an alert when k of the last n smoothed windows are over.")
+    raise_n: int = Field(5, ge=1, description="n of the k-of-n rule.")
+    clear_m: int = Field(3, ge=1, description="End the episode after m smoothed windows in a row under.")
+
+
+class StreamConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Stream name (URL-safe).")
+    url: str | None = Field(None, description="File or FFmpeg URL to pull (rtsp://, http(s)://); unset: a "
+                            "WHIP stream that a client publishes to /whip/NAME.")
+    profile: str | None = Field(None, description="Claimed profile: who the person on screen says they are.")
+    realtime: bool = Field(True, description="Files: play at their own pace, as a live stream would.")
+    loop: bool = Field(False, description="Files: start again at the end.")
+
+
+class JsonlExporterConfig(_Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: Path = Field(description="File that events are appended to, one JSON object per line.")
+    types: list[Literal["score", "alert", "stream"]] = Field(["alert"], description="Event types written.")
+
+
+ExporterConfig = JsonlExporterConfig  # a discriminated union on `kind` once there are more
+
+
 class Config(_Strict):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -65,6 +129,11 @@ class Config(_Strict):
         default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)) / "profiles",
         description="Profile store (env EXPOSE_PROFILES).",
     )
+    server: ServerSection = Field(default_factory=ServerSection)
+    live: LiveSection = Field(default_factory=LiveSection)
+    alerts: AlertSection = Field(default_factory=AlertSection)
+    streams: list[StreamConfig] = Field(default_factory=list, description="Streams watched from the start.")
+    exporters: list[ExporterConfig] = Field(default_factory=list, description="Extra alert sinks.")
 
 
 def load_config(path: Path | None = None) -> Config:

@@ -23,8 +23,8 @@ from monitor.config import FeatureConfig
 from monitor.errors import MediaError
 from monitor.expressions import EXPRESSION_DIM, ExpressionExtractor
 from monitor.face_model import sha256_file
-from monitor.phones import phone_posteriors
 from monitor.media import AUDIO_RATE, AudioChunk, MediaReader, VideoFrame
+from monitor.phones import phone_posteriors
 from monitor.track import FORMAT_VERSION, FeatureTrack
 
 log = logging.getLogger(__name__)

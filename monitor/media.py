@@ -9,6 +9,7 @@ the selected streams), so audio and video share one clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,10 +153,9 @@ class MediaReader:
         self.close()
 
     def close(self) -> None:
-        try:
+        # closing a half-broken container must not mask the real error
+        with contextlib.suppress(Exception):
             self._container.close()
-        except Exception:  # closing a half-broken container must not mask the real error
-            pass
 
     def _origin(self) -> float | None:
         starts = [

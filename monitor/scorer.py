@@ -145,8 +145,10 @@ class Scorer:
         mask_b = mask.expand(n_t, n_d, 3, *mask.shape).reshape(big, -1)
         audio_b = branch_audio.expand(n_t, n_d, *branch_audio.shape).reshape(big, *audio_n.shape[1:])
         tok_b = branch_tokens.expand(n_t, n_d, *branch_tokens.shape).reshape(big, *tokens.shape[1:])
-        t_b = torch.tensor(self.settings.times, device=self.device).view(n_t, 1, 1, 1).expand(n_t, n_d, 3, n_w).reshape(big)
-        noise_b = self._noise[:, :, None, None].expand(n_t, n_d, 3, n_w, *self._noise.shape[2:]).reshape(big, *x0.shape[1:])
+        times = torch.tensor(self.settings.times, device=self.device)
+        t_b = times.view(n_t, 1, 1, 1).expand(n_t, n_d, 3, n_w).reshape(big)
+        noise_b = self._noise[:, :, None, None].expand(n_t, n_d, 3, n_w, *self._noise.shape[2:])
+        noise_b = noise_b.reshape(big, *x0.shape[1:])
         x_t = add_noise(x0_b, t_b, noise_b)
         x0_hat = m(x_t, t_b, audio_b, tok_b)  # the one batched forward pass
         err = m.window_error(x0_b, x0_hat, mask_b)  # (big,)

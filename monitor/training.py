@@ -30,7 +30,7 @@ from monitor.corpus import TrackArrays
 from monitor.diffusion import add_noise
 from monitor.model import Exam, ModelConfig, save_model
 from monitor.track import SPEECH_THRESHOLD
-from monitor.windows import center_expression
+from monitor.windows import Window, center_expression
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,52 @@ def split_segments(tracks: list[TrackArrays], identities: list[str], holdout: se
     return train, seen, unseen, skipped
 
 
+def validation_windows(segments: list[Segment], length: int, stride: int = 8) -> list[tuple[Window, int]]:
+    """(window, identity index) for every valid start of held-out segments."""
+    out = []
+    for seg in segments:
+        tr = seg.track
+        for s in seg.starts[::max(1, stride // 4)]:
+            s = int(s)
+            out.append((Window(tr.source, s / 25, (s + length) / 25, tr.expression[s : s + length],
+                               tr.audio[s : s + length], tr.face_mask[s : s + length],
+                               tr.speech[s : s + length]), seg.identity))
+    return out
+
+
+def fit_score_weights(model: Exam, windows: list[tuple[Window, int]]) -> dict[str, float]:
+    """Weights that put the identity and sync terms on one scale: each term divided by
+    its spread on genuine held-out windows scored with their own identity's tokens (so
+    neither term dominates by units alone), plus the spread of the fused distance."""
+    from monitor.scorer import Scorer, ScoreSettings
+
+    scorer = Scorer(model, ScoreSettings(min_face=0.0, min_speech=0.0))
+    ids, syncs = [], []
+    for i in range(0, len(windows), 32):
+        chunk = windows[i : i + 32]
+        toks = [model.id_tokens[k].detach() if k >= 0 else model.null_tokens.detach() for _, k in chunk]
+        for sc in scorer.score([w for w, _ in chunk], toks, ["val"] * len(chunk)):
+            ids.append(sc.identity)
+            syncs.append(sc.sync)
+    a, b = np.array(ids, dtype=np.float64), np.array(syncs, dtype=np.float64)
+    w_id, w_sync = 1.0 / max(a.std(), 1e-4), 1.0 / max(b.std(), 1e-4)
+    fused = w_id * a + w_sync * b
+    return {"identity": float(w_id), "sync": float(w_sync), "genuine_std": float(fused.std()),
+            "n_windows": len(a), "identity_mean": float(a.mean()), "sync_mean": float(b.mean())}
+
+
+def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig) -> dict[str, float]:
+    """Reload the best checkpoint, fit the score weights on its validation windows, re-save."""
+    from monitor.model import load_model
+
+    best = load_model(out)
+    identities = best.meta["identities"]
+    _, seen, _, _ = split_segments(tracks, identities, set(holdout), cfg, best.model.cfg.window)
+    weights = fit_score_weights(best.model, validation_windows(seen, best.model.cfg.window))
+    save_model(best.model, out, {**best.meta, "score_weights": weights})
+    return weights
+
+
 def _state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
@@ -342,8 +388,10 @@ def train(
     model_cfg = ModelConfig(**{**asdict(model_cfg), "n_identities": len(identities)})
     train_s, seen_s, unseen_s, skipped = split_segments(tracks, identities, set(holdout), cfg, model_cfg.window)
     sampler = WindowSampler(train_s, model_cfg.window, rng, cfg.time_warp)
-    val_seen = WindowSampler(seen_s, model_cfg.window, rng).fixed(256, 1) if any(len(s.starts) for s in seen_s) else None
-    val_unseen = WindowSampler(unseen_s, model_cfg.window, rng).fixed(256, 2) if any(len(s.starts) for s in unseen_s) else None
+    def fixed_set(segs: list[Segment], seed: int) -> WindowBatch | None:
+        return WindowSampler(segs, model_cfg.window, rng).fixed(256, seed) if any(len(s.starts) for s in segs) else None
+
+    val_seen, val_unseen = fixed_set(seen_s, 1), fixed_set(unseen_s, 2)
 
     model = Exam(model_cfg)
     scale, mel_mean, mel_std = corpus_statistics(sampler)
@@ -384,7 +432,8 @@ def train(
             if val_seen is not None:
                 evals.update({f"seen_{k}": v for k, v in evaluate(model, val_seen.to(device)).items()})
             if val_unseen is not None:
-                evals.update({f"unseen_{k}": v for k, v in evaluate(model, val_unseen.to(device), own_tokens=False).items()})
+                unseen = evaluate(model, val_unseen.to(device), own_tokens=False)
+                evals.update({f"unseen_{k}": v for k, v in unseen.items()})
             parts = [evals[k] for k in ("seen_err_own", "unseen_err_null") if k in evals]
             val = float(np.mean(parts)) if parts else float(rec)
             evals["val"] = val
@@ -403,5 +452,7 @@ def train(
                 break
         if on_step:
             on_step(step, loss.item(), evals)
+    if val_seen is not None and out.is_file():
+        finalize_checkpoint(out, tracks, set(holdout), cfg)
     return TrainResult(best_step, best, history, time.perf_counter() - t_start, identities,
                        sampler.n_windows, skipped)

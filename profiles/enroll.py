@@ -19,6 +19,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from monitor.clip_scoring import settings_for
 from monitor.corpus import TrackArrays
 from monitor.model import LoadedModel
 from monitor.scorer import Scorer, ScoreSettings
@@ -40,6 +41,7 @@ class EnrollConfig:
     min_speech: float = 0.2
     calib_hop: int = 4  # frames between calibration windows
     min_std: float = 0.05  # floor on the genuine spread: a handful of windows underestimates it
+    min_calibration_windows: int = 8
     seed: int = 0
 
 
@@ -49,9 +51,9 @@ class EnrollError(ValueError):
 
 def _split(tr: TrackArrays, length: int, cfg: EnrollConfig) -> tuple[int, int]:
     n = len(tr)
-    if n < 2 * length:
+    if n < 3 * length:
         return n, n  # too short to split: all for training
-    hold = max(length, int(round(n * cfg.holdout_fraction)))
+    hold = max(length + 32, int(round(n * cfg.holdout_fraction)))  # >= 9 windows at a 4-frame hop
     return n - hold, n
 
 
@@ -68,10 +70,12 @@ def enroll(
     name: str,
     base: LoadedModel,
     references: list[tuple[TrackArrays, Reference]],
-    cfg: EnrollConfig = EnrollConfig(),
-    score_settings: ScoreSettings = ScoreSettings(),
+    cfg: EnrollConfig | None = None,
+    score_settings: ScoreSettings | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Profile:
+    cfg = cfg or EnrollConfig()
+    score_settings = score_settings or settings_for(base)
     model = base.model.eval()
     length = model.cfg.window
     for p in model.parameters():
@@ -113,17 +117,26 @@ def enroll(
     train_s = time.perf_counter() - t_start
 
     scorer = Scorer(model, score_settings)
-    if not calib_windows:  # every reference too short to hold anything out: biased, say so
-        calib_windows = [w for tr, _ in references for w in _windows(tr, 0, len(tr), length, cfg.calib_hop, name)]
-        calib_source = "training windows (references too short to hold out)"
-    else:
-        calib_source = "held-out tail of each reference"
     tok = tokens.detach()
-    scores = scorer.score(calib_windows, [tok] * len(calib_windows), [name] * len(calib_windows))
-    d = np.array([s.distance for s in scores if s.distance is not None])
+
+    def distances(windows: list[Window]) -> np.ndarray:
+        scores = scorer.score(windows, [tok] * len(windows), [name] * len(windows))
+        return np.array([s.distance for s in scores if s.distance is not None])
+
+    d = distances(calib_windows)
+    calib_source = "held-out tail of each reference"
+    if len(d) < cfg.min_calibration_windows:
+        # References too short to hold enough out: calibrate on every reference window. The
+        # tokens were fitted to them, so the mean is optimistic; the spread is floored below.
+        every = [w for tr, _ in references for w in _windows(tr, 0, len(tr), length, cfg.calib_hop, name)]
+        d = np.concatenate([d, distances(every)])
+        calib_source = "all reference windows (references too short to hold enough out)"
     if len(d) == 0:
         raise EnrollError("no calibration window has enough face and speech; give longer references")
-    mean, std = float(d.mean()), float(max(d.std(), cfg.min_std))
+    # A few correlated windows underestimate the genuine spread: never go below the spread
+    # measured on the base model's validation windows (genuine footage of many people).
+    std_floor = float((base.meta.get("score_weights") or {}).get("genuine_std", cfg.min_std))
+    mean, std = float(d.mean()), float(max(d.std(), std_floor, cfg.min_std))
     z = NormalDist().inv_cdf(1 - cfg.target_far)
     threshold = max(mean + z * std, float(np.quantile(d, 1 - cfg.target_far)))
     calib = Calibration(

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from monitor.model import load_model, save_model

@@ -19,6 +19,7 @@ from monitor.windows import AUDIO_DIM, Window, center_expression, windows_of
 from profiles.enroll import EnrollConfig, enroll
 from profiles.store import ProfileError, ProfileStore, Reference
 
+
 @pytest.fixture(scope="module")
 def track_of(extract, clip):  # type: ignore[no-untyped-def]
     return lambda rel: extract(clip(rel))

@@ -1,0 +1,99 @@
+"""Model speed on this machine: enrollment time for 60 s of reference, and scorer
+throughput (windows/s and x real time at a 1 s hop) for several batch sizes, plus how
+much the audio matters on held-out windows (error ratio with shifted / true audio).
+
+    python3 bench/bench_model.py [--model PATH] [--reference CLIP] [--json]
+
+Features come from the feature cache (extracted once; extraction speed is measured by
+bench/bench_features.py). Times are wall-clock on whatever else the machine is doing:
+report the machine and its load with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monitor.clip_scoring import settings_for  # noqa: E402
+from monitor.config import STARTER_MODEL, FeatureConfig  # noqa: E402
+from monitor.corpus import TrackArrays  # noqa: E402
+from monitor.feature_cache import FeatureCache  # noqa: E402
+from monitor.model import load_model  # noqa: E402
+from monitor.scorer import Scorer  # noqa: E402
+from monitor.windows import windows_of  # noqa: E402
+from profiles.enroll import EnrollConfig, enroll  # noqa: E402
+from profiles.store import Reference  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=STARTER_MODEL)
+    ap.add_argument("--reference", type=Path, default=SHARED / "corpus/real/tedlieu/speech_01.mp4",
+                    help="a clip of at least 60 s (the first 60 s are used)")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EXPOSE_CACHE", Path.home() / ".cache/expose")))
+    ap.add_argument("--face-model", type=Path, default=SHARED / "models/face_landmarker.task")
+    ap.add_argument("--steps", type=int, default=300, help="enrollment steps (the CLI default)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    base = load_model(args.model)
+    cache = FeatureCache(args.cache, FeatureConfig(), args.face_model)
+    track, _ = cache.get(args.reference)
+    track = track.segment(0, min(len(track), 60 * 25))
+    ref = [(TrackArrays.of(track, "bench"), Reference(str(args.reference), track.media_sha256, track.duration, 0))]
+    t0 = time.perf_counter()
+    enroll("bench", base, ref, EnrollConfig(steps=args.steps))
+    enroll_s = time.perf_counter() - t0
+
+    scorer = Scorer(base.model, settings_for(base))
+    windows = [w for w in windows_of(track, base.model.cfg.window, 25) if not scorer.insufficiency(w)]
+    tok = base.model.null_tokens.detach()
+    throughput = {}
+    for batch in (1, 8, 32):
+        ws = (windows * ((batch // len(windows)) + 1))[:batch]
+        scorer.score(ws, [tok] * len(ws), ["b"] * len(ws))  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 5.0:
+            scorer.score(ws, [tok] * len(ws), ["b"] * len(ws))
+            n += len(ws)
+        rate = n / (time.perf_counter() - t0)
+        throughput[batch] = {"windows_per_s": round(rate, 2), "x_realtime_at_1s_hop": round(rate * 1.0, 2)}
+
+    meta_val = base.meta.get("val", {})
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+                   f"{torch.get_num_threads()}",
+        "model": str(args.model), "parameters": sum(p.numel() for p in base.model.parameters()),
+        "forward_passes_per_window": len(scorer.settings.times) * scorer.settings.draws * 3,
+        "enroll_60s_reference_s": round(enroll_s, 1), "enroll_steps": args.steps,
+        "scorer": throughput,
+        "heldout_mouth_error_ratio_shifted_vs_true_audio": {
+            "seen_identities": meta_val.get("seen_mouth_audio_shift_ratio"),
+            "unseen_identities": meta_val.get("unseen_mouth_audio_shift_ratio")},
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"machine: {out['machine']}; model {out['parameters']} parameters, "
+          f"{out['forward_passes_per_window']} sequences per window in one batched pass")
+    print(f"enrollment, 60 s reference, {args.steps} steps: {enroll_s:.1f} s")
+    for b, r in throughput.items():
+        print(f"scorer batch {b:>2}: {r['windows_per_s']:>7.2f} windows/s = {r['x_realtime_at_1s_hop']:.2f} "
+              "streams in real time at one window per second")
+    print(f"held-out mouth error, shifted / true audio: {out['heldout_mouth_error_ratio_shifted_vs_true_audio']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Helpers of the live-monitor tests: the config they use, the real server on an unused
+loopback port (its own event loop in a thread), and a websocket collector."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from monitor.config import Config
+from monitor.serve import Service, bind, build_service, uvicorn_server
+
+SPEECH_CLIP = "real/trump/speech_01.mp4"
+TOKEN = "test-token-123"
+
+
+def live_config(tmp: Path, **sections: Any) -> Config:
+    data: dict[str, Any] = {
+        "server": {"token": TOKEN, "db_path": str(tmp / "monitor.sqlite3"), "heartbeat_s": 1.0,
+                   "ice_host_addresses": ["127.0.0.1"]},
+        "live": {"batch_linger_s": 0.01},
+        "alerts": {"smoothing": 1, "raise_k": 2, "raise_n": 3, "clear_m": 2},
+    }
+    for k, v in sections.items():
+        data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
+    return Config.model_validate(data)
+
+
+@dataclass
+class RunningServer:
+    service: Service
+    url: str
+    ws_url: str
+    loop: asyncio.AbstractEventLoop
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop (to look at monitor state from a test)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextlib.contextmanager
+def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60) -> Iterator[RunningServer]:
+    """The real app under uvicorn on 127.0.0.1:<free port>, its own event loop in a thread."""
+    service = build_service(cfg, model_path=model, profiles_dir=profiles)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn_server(service.app, "127.0.0.1", port)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve(sockets=[sock])),
+                              name="test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield RunningServer(service, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", loop)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        loop.close()
+
+
+async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: int | None = None,
+                         timeout: float = 60) -> list[dict[str, Any]]:
+    """Messages from /ws until ``until(messages)`` is true (or the timeout: then what came)."""
+    query = f"?token={token}" + (f"&since={since}" if since is not None else "")
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    async with websockets.connect(ws_url + query, open_timeout=10) as ws:
+        while not until(got):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                got.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=left)))
+            except asyncio.TimeoutError:
+                break
+    return got

@@ -1,0 +1,91 @@
+"""AlertPolicy as a pure function: smoothing, k-of-n raise, m-under clear, insufficient
+windows that neither raise nor clear, and the alert lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.alerts import (
+    Alert,
+    AlertLifecycleError,
+    AlertPolicy,
+    PolicySettings,
+    PolicyState,
+    acknowledge,
+    close,
+)
+from monitor.scorer import Score
+
+THR = 1.0
+
+
+def _score(t: float, d: float | None) -> Score:
+    if d is None:
+        return Score("cam", "alice", t, t + 2.56, "insufficient", 0.1, 0.0, reason="face on 10% of frames")
+    return Score("cam", "alice", t, t + 2.56, "scored", 1.0, 0.8, distance=d)
+
+
+def _run(policy: AlertPolicy, dists: list[float | None]) -> list:  # type: ignore[type-arg]
+    st, steps = PolicyState(), []
+    for i, d in enumerate(dists):
+        step = policy.step(st, _score(float(i), d), THR, now=1000.0 + i, thumbnail=lambda: "JPEG",
+                           new_id=lambda: "a1")
+        steps.append(step)
+        st = step.state
+    return steps
+
+
+def test_k_of_n_raises_and_m_under_clears() -> None:
+    p = AlertPolicy(PolicySettings(smoothing=1, raise_k=2, raise_n=3, clear_m=2))
+    steps = _run(p, [0.1, 2.0, 0.2, 3.0, 0.5, 0.4, 0.3])
+    assert [s.state.state for s in steps] == ["authentic", "suspect", "authentic", "alert", "alert", "authentic",
+                                              "authentic"]
+    assert [s.change for s in steps] == [None, None, None, "opened", "updated", "ended", None]
+    opened = steps[3].alert
+    assert opened.id == "a1" and opened.thumbnail_jpeg == "JPEG" and opened.status == "open"
+    assert opened.t_start == 1.0  # the first window over the threshold
+    assert [(round(t, 6), d) for t, d in opened.scores] == [(3.56, 2.0), (4.56, 0.2), (5.56, 3.0)]
+    assert opened.peak_distance == 3.0 and opened.mean_distance == pytest.approx(5.2 / 3)
+    ended = steps[5].alert
+    assert ended.t_end == pytest.approx(7.56) and ended.ended_at == 1005.0 and ended.n_windows == 5
+    assert not ended.active and opened.active
+
+
+def test_smoothing_ignores_a_single_spike() -> None:
+    p = AlertPolicy(PolicySettings(smoothing=3, raise_k=1, raise_n=1, clear_m=1))
+    steps = _run(p, [0.2, 0.2, 2.0, 0.2])  # (0.2 + 0.2 + 2.0) / 3 = 0.8 < 1
+    assert all(s.change is None for s in steps)
+    assert steps[2].smoothed == pytest.approx(0.8)
+
+
+def test_insufficient_windows_neither_raise_nor_clear() -> None:
+    p = AlertPolicy(PolicySettings(smoothing=1, raise_k=2, raise_n=2, clear_m=2, end_after_insufficient=3))
+    steps = _run(p, [None, 5.0, 5.0, None, None, 0.1, 0.1])
+    assert steps[0].state.state == "insufficient"  # no signal is not "authentic"
+    assert steps[2].change == "opened"
+    assert [s.state.state for s in steps[3:5]] == ["alert", "alert"]  # an episode survives a gap
+    assert steps[6].change == "ended"
+    # a long gap ends the episode without calling the stream authentic
+    steps = _run(p, [5.0, 5.0, None, None, None])
+    assert steps[4].change == "ended" and steps[4].state.state == "insufficient"
+
+
+def test_lifecycle_open_acknowledged_closed() -> None:
+    a = Alert(id="x", stream="cam", profile="alice", threshold=1.0, opened_at=1.0, t_start=0.0, t_end=None,
+              ended_at=None, peak_distance=2.0, mean_distance=1.5, n_windows=2, scores=((1.0, 1.0), (2.0, 2.0)))
+    b = acknowledge(a, "ana", 5.0)
+    assert (b.status, b.acknowledged_by, b.acknowledged_at) == ("acknowledged", "ana", 5.0)
+    with pytest.raises(AlertLifecycleError):
+        acknowledge(b, "bob", 6.0)
+    with pytest.raises(AlertLifecycleError, match="reason"):
+        close(b, "ana", 7.0, " ")
+    c = close(b, "ana", 7.0, "confirmed impostor")
+    assert (c.status, c.closed_by, c.close_reason) == ("closed", "ana", "confirmed impostor")
+    with pytest.raises(AlertLifecycleError):
+        close(c, "ana", 8.0, "again")
+    assert Alert.from_dict(c.to_dict()) == c  # what the store keeps reads back the same
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError):
+        PolicySettings(raise_k=4, raise_n=3)

@@ -1,0 +1,50 @@
+"""The monitor's SQLite store on a real file: seq order, replay, alerts, registry, restart."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from monitor.alerts import Alert
+from monitor.live_store import LiveStore, StoreError
+
+
+def _alert(i: str, stream: str = "cam", opened: float = 1.0) -> Alert:
+    return Alert(id=i, stream=stream, profile="alice", threshold=1.0, opened_at=opened, t_start=0.0, t_end=None,
+                 ended_at=None, peak_distance=2.0, mean_distance=1.5, n_windows=1, scores=((2.56, 2.0),))
+
+
+def test_events_alerts_and_streams_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "m.sqlite3"
+    s = LiveStore(db)
+    seqs = [s.append_event("score", "cam", {"distance": float(i)}).seq for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    s.put_alert(_alert("a"))
+    s.put_alert(_alert("b", stream="other", opened=2.0))
+    s.put_alert(dataclasses.replace(_alert("a"), status="acknowledged", acknowledged_by="ana"))
+    s.put_stream("cam", {"name": "cam", "url": "rtsp://127.0.0.1/x"})
+    s.close()
+
+    s = LiveStore(db)
+    assert [e.seq for e in s.events_since(seqs[1])] == seqs[2:]
+    assert s.events_since(seqs[1])[0].data == {"distance": 2.0}
+    assert s.get_alert("a").status == "acknowledged"
+    assert [a.id for a in s.list_alerts()] == ["b", "a"]  # newest first
+    assert [a.id for a in s.list_alerts(status="acknowledged")] == ["a"]
+    assert [a.id for a in s.list_alerts(stream="other")] == ["b"]
+    assert s.list_streams() == {"cam": {"name": "cam", "url": "rtsp://127.0.0.1/x"}}
+    assert s.delete_stream("cam") and not s.delete_stream("cam")
+    # seq never goes back, even after pruning everything but one event
+    assert s.prune_events(keep=1) == 4
+    nxt = s.append_event("alert", "cam", {}).seq
+    assert nxt > seqs[-1] and s.last_seq() == nxt
+    s.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "m.sqlite3"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open the monitor database"):
+        LiveStore(bad)
