@@ -14,6 +14,7 @@ identities (the last part of each recording) and, when given, held-out identitie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from monitor.corpus import TrackArrays
 from monitor.diffusion import add_noise
 from monitor.model import Exam, ModelConfig, save_model
 from monitor.track import SPEECH_THRESHOLD
+from monitor.scorer import Scorer
 from monitor.windows import Window, center_expression
 
 log = logging.getLogger(__name__)
@@ -298,25 +300,48 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
     return out
 
 
+def _term_scores(scorer: Scorer, windows: list[Window], tokens: list[torch.Tensor]) -> np.ndarray:
+    out = []
+    for i in range(0, len(windows), 32):
+        for sc in scorer.score(windows[i : i + 32], tokens[i : i + 32], ["val"] * len(windows[i : i + 32])):
+            out.append((sc.identity, sc.sync))
+    return np.array(out, dtype=np.float64)  # (N, 2): identity, sync
+
+
 def fit_score_weights(model: Exam, windows: list[tuple[Window, int]]) -> dict[str, float]:
-    """Weights that put the identity and sync terms on one scale: each term divided by
-    its spread on genuine held-out windows scored with their own identity's tokens (so
-    neither term dominates by units alone), plus the spread of the fused distance."""
+    """Fusion weights chosen on validation windows (genuine: held-out windows of training
+    identities with their own tokens).
+
+    Each term is first divided by its genuine spread; the mixing angle between them is
+    then chosen to maximise the worse of two window-level AUCs on attacks made from the
+    same windows: impostor (another identity's tokens) and dub (another window's audio).
+    """
+    from monitor.evaluation import roc_auc
     from monitor.scorer import Scorer, ScoreSettings
 
     scorer = Scorer(model, ScoreSettings(min_face=0.0, min_speech=0.0))
-    ids, syncs = [], []
-    for i in range(0, len(windows), 32):
-        chunk = windows[i : i + 32]
-        toks = [model.id_tokens[k].detach() if k >= 0 else model.null_tokens.detach() for _, k in chunk]
-        for sc in scorer.score([w for w, _ in chunk], toks, ["val"] * len(chunk)):
-            ids.append(sc.identity)
-            syncs.append(sc.sync)
-    a, b = np.array(ids, dtype=np.float64), np.array(syncs, dtype=np.float64)
-    w_id, w_sync = 1.0 / max(a.std(), 1e-4), 1.0 / max(b.std(), 1e-4)
-    fused = w_id * a + w_sync * b
-    return {"identity": float(w_id), "sync": float(w_sync), "genuine_std": float(fused.std()),
-            "n_windows": len(a), "identity_mean": float(a.mean()), "sync_mean": float(b.mean())}
+    ws = [w for w, _ in windows]
+    ids = [k for _, k in windows]
+    n_id = model.id_tokens.shape[0]
+    own = [model.id_tokens[k].detach() for k in ids]
+    other = [model.id_tokens[(k + 1 + j % max(n_id - 1, 1)) % n_id].detach() for j, k in enumerate(ids)]
+    dubbed = [dataclasses.replace(w, audio=ws[(j + len(ws) // 2) % len(ws)].audio) for j, w in enumerate(ws)]
+    gen = _term_scores(scorer, ws, own)
+    imp = _term_scores(scorer, ws, other)
+    dub = _term_scores(scorer, dubbed, own)
+    sd = np.maximum(gen.std(axis=0), 1e-4)
+    y = np.r_[np.zeros(len(gen)), np.ones(len(gen))]
+    best = (-1.0, 0.0)
+    for theta in np.linspace(0.0, np.pi / 2, 19):
+        w = np.array([np.cos(theta), np.sin(theta)]) / sd
+        worst = min(roc_auc(y, np.r_[gen @ w, imp @ w]), roc_auc(y, np.r_[gen @ w, dub @ w]))
+        if worst > best[0]:
+            best = (worst, theta)
+    w = np.array([np.cos(best[1]), np.sin(best[1])]) / sd
+    fused = gen @ w
+    return {"identity": float(w[0]), "sync": float(w[1]), "genuine_std": float(fused.std()),
+            "n_windows": len(gen), "mixing_angle_deg": float(np.degrees(best[1])),
+            "val_worst_auc": float(best[0]), "identity_sd": float(sd[0]), "sync_sd": float(sd[1])}
 
 
 def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig) -> dict[str, float]:
