@@ -12,12 +12,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from monitor import __version__
 from monitor.config import Config, load_config
@@ -112,12 +112,13 @@ def features(
     """
     cfg = _load(config)
     cache = _feature_cache(cfg)
-    for m in media:
-        if is_network_url(str(m)):
-            raise MediaError(f"{m}: `expose features` reads files; live URLs go to `expose watch`")
+    for src in media:
+        if is_network_url(src):
+            raise MediaError(f"{src}: `expose features` reads files; live URLs go to `expose watch`")
     if output is not None and len(media) > 1 and output.suffix:
         raise ExposeError(f"--output {output}: with several MEDIA, give a directory")
-    for m in map(Path, media):
+    for name in media:
+        m = Path(name)
         total = _media_duration(m)
         t0 = time.perf_counter()
         with Progress(
@@ -126,8 +127,10 @@ def features(
             disable=as_json or not err_console.is_terminal,
         ) as bar:
             task = bar.add_task(escape(m.name), total=total or None)
-            track, cached = cache.get(m, require_audio=not allow_no_audio, refresh=no_cache,
-                                      progress=lambda s, task=task: bar.update(task, completed=s))
+            def advance(seconds: float, task: TaskID = task) -> None:
+                bar.update(task, completed=seconds)
+
+            track, cached = cache.get(m, require_audio=not allow_no_audio, refresh=no_cache, progress=advance)
         seconds = time.perf_counter() - t0
         if output is not None:
             dest = output / f"{m.stem}.features.npz" if len(media) > 1 or output.is_dir() else output
@@ -150,7 +153,7 @@ def features(
                 err_console.print(f"[yellow]warning[/]: no face found in {escape(str(m))}")
 
 
-PRESETS: dict[str, dict[str, int | float]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     # "tiny" is the fast-test model (nanoGPT's baby GPT); "small" is the shipped CPU default.
     "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "audio_layers": 1},
     "small": {},
@@ -206,7 +209,7 @@ def train(
         task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
 
         def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
-            fields: dict[str, object] = {"loss": loss}
+            fields: dict[str, Any] = {"loss": loss}
             if evals:
                 fields["val"] = f"{evals['val']:.4f}"
                 if not err_console.is_terminal:  # no live bar: one line per validation

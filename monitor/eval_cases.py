@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def read_cases(path: Path) -> list[Case]:
     return out
 
 
-def _metrics(clips: list[dict]) -> dict[str, object]:
+def _metrics(clips: list[dict]) -> dict[str, Any]:
     scored = [c for c in clips if c["score"] is not None]
     y = np.array([c["label"] != "real" for c in scored], dtype=bool)
     s = np.array([c["score"] for c in scored], dtype=np.float64)
@@ -62,7 +63,7 @@ def _metrics(clips: list[dict]) -> dict[str, object]:
     }
 
 
-def summarize(clips: list[dict]) -> dict[str, object]:
+def summarize(clips: list[dict]) -> dict[str, Any]:
     """Overall, per-claimed and per-method metrics (each method against all real clips)."""
     overall = _metrics(clips)
     reals = [c for c in clips if c["label"] == "real"]

@@ -79,6 +79,12 @@ class AudioEncoder(nn.Module):
 
 
 class Exam(nn.Module):
+    expr_scale: torch.Tensor  # buffers, declared for type checkers
+    mel_mean: torch.Tensor
+    mel_std: torch.Tensor
+    dim_weight: torch.Tensor
+    mouth_weight: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -60,6 +60,7 @@ class Score:
     distance: float | None = None
     identity: float | None = None
     sync: float | None = None
+    identity_mouth: float | None = None  # the identity term on mouth/jaw channels only (diagnostic)
     err_subject: float | None = None
     err_null: float | None = None
     reason: str = ""
@@ -115,10 +116,11 @@ class Scorer:
                 w = windows[i]
                 e_sub, e_null = errs[:, :, j, 0], errs[:, :, j, 1]
                 ident = float(torch.log(e_sub / e_null).mean())
+                ident_mouth = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 1]).mean())
                 sync = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 2]).mean())
                 dist = self.settings.w_identity * ident + self.settings.w_sync * sync
                 results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "scored", w.face_ratio,
-                                   w.speech_ratio, distance=dist, identity=ident, sync=sync,
+                                   w.speech_ratio, distance=dist, identity=ident, sync=sync, identity_mouth=ident_mouth,
                                    err_subject=float(e_sub.mean()), err_null=float(e_null.mean()))
         return [results[i] for i in range(len(windows))]
 

@@ -40,8 +40,8 @@ class FeatureTrack:
     media_sha256: str = ""  # content hash of a file source ("" for live sources)
     extractor_version: str = ""
     fps: int = FPS
-    # (N, 40) float32 phone fractions per frame (monitor.phones); None -> all silence
-    phones: np.ndarray | None = field(default=None, repr=False)
+    # (N, 40) float32 phone fractions per frame (monitor.phones); None at construction -> all silence
+    phones: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         n = len(self.face_mask)

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from monitor.corpus import TrackArrays
 from monitor.diffusion import add_noise
 from monitor.model import Exam, ModelConfig, save_model
-from monitor.track import SPEECH_THRESHOLD
 from monitor.scorer import Scorer
+from monitor.track import SPEECH_THRESHOLD
 from monitor.windows import Window, center_expression
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,10 @@ class WindowSampler:
             negs.append(self._negative_audio(seg, start))
             ids.append(seg.identity)
         # Where no same-recording shift exists, use another window's audio.
-        for i, n in enumerate(negs):
-            if n is None:
-                negs[i] = auds[(i + 1) % batch]
+        neg_audio = [n if n is not None else auds[(i + 1) % batch] for i, n in enumerate(negs)]
         return WindowBatch(
             torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms)),
-            torch.from_numpy(np.stack(auds)), torch.from_numpy(np.stack(negs)),
+            torch.from_numpy(np.stack(auds)), torch.from_numpy(np.stack(neg_audio)),
             torch.tensor(ids, dtype=torch.int64),
         )
 
