@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     k, d = base.model.null_tokens.shape
     torch.manual_seed(1)
     ProfileStore(tmp / "profiles").save(Profile(
-        name=PROFILE, base_model_sha256=base.sha256, created=datetime.now(timezone.utc).isoformat(),
+        name=PROFILE, base_model_sha256=base.sha256, created=datetime.now(UTC).isoformat(),
         references=[], calibration=Calibration(n_windows=0, mean=0.0, std=1.0, threshold=0.0, target_far=0.01),
         enroll={"note": "random tokens, bench_live.py"}, tokens=torch.randn(k, d) * 0.02))
     c = base.model.cfg

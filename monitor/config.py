@@ -8,11 +8,11 @@ Every default works on one machine out of the box.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from monitor.errors import ConfigError

@@ -303,7 +303,7 @@ async def _stream_events(websocket: WebSocket, monitor: LiveMonitor, hub: Websoc
         while not closed.is_set():
             try:
                 ev = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await websocket.send_json(_heartbeat(last, monitor))
                 continue
             if sub.lagging:

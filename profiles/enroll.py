@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from statistics import NormalDist
 
 import numpy as np
@@ -145,7 +145,7 @@ def enroll(
     )
     return Profile(
         name=name, base_model_sha256=base.sha256,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         references=[r for _, r in references], calibration=calib,
         enroll={"config": asdict(cfg), "score_settings": asdict(score_settings),
                 "train_windows": sampler.n_windows, "seconds": round(train_s, 2),

@@ -89,6 +89,6 @@ async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: 
                 break
             try:
                 got.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=left)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
     return got
