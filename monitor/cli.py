@@ -8,61 +8,22 @@ user (ExposeError) are printed as one line on stderr with a non-zero exit status
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from monitor import __version__
-from monitor.config import Config, load_config
+from monitor.cli_app import ConfigOpt, ModelOpt, ProfilesOpt, app, err_console, load_cli_config
+from monitor.config import Config
 from monitor.errors import ExposeError, MediaError
 from monitor.face_model import resolve_face_model
 from monitor.feature_cache import FeatureCache
 from monitor.media import MediaReader, is_network_url
 from monitor.track import FeatureTrack
-
-app = typer.Typer(
-    name="expose",
-    help="Live-call impersonation monitor: alerts when the face on screen does not move "
-    "the way the enrolled person moves while saying those words.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-err_console = Console(stderr=True)
-out = Console()
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML config file (env EXPOSE_* overrides it).",
-                 dir_okay=False),
-]
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"expose {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _load(config: Path | None) -> Config:
-    return load_config(config)
 
 
 def _feature_cache(cfg: Config) -> FeatureCache:
@@ -110,7 +71,7 @@ def features(
 
     Results are cached by the file's content hash and extractor version; training and evaluation reuse them.
     """
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     cache = _feature_cache(cfg)
     for src in media:
         if is_network_url(src):
@@ -189,7 +150,7 @@ def train(
 
     if preset not in PRESETS:
         raise ExposeError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     cache = _feature_cache(cfg)
     items = discover(corpus)
     hold = {h.strip() for h in holdout.split(",") if h.strip()}
@@ -226,18 +187,6 @@ def train(
     print(json.dumps(report, indent=2))
 
 
-ProfilesOpt = Annotated[
-    Path | None,
-    typer.Option("--profiles", help="Profile store folder (env EXPOSE_PROFILES; default: user data dir).",
-                 file_okay=False),
-]
-ModelOpt = Annotated[
-    Path | None,
-    typer.Option("--model", "-m", help="Base model checkpoint (default: model.path in the config, "
-                 "else the starter model shipped with expose).", dir_okay=False),
-]
-
-
 def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def]
     from monitor.model import load_model
 
@@ -269,7 +218,7 @@ def enroll(
     from profiles.store import ProfileStore, check_name
 
     check_name(name)
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     store = ProfileStore(profiles or cfg.profiles_dir)
     if store.exists(name) and not force:
         raise ExposeError(f"profile {name!r} already exists in {store.root}; use --force to replace it")
@@ -307,7 +256,7 @@ def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.O
     """List enrolled profiles."""
     from profiles.store import ProfileStore
 
-    store = ProfileStore(profiles or _load(config).profiles_dir)
+    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)
     rows = []
     for n in store.names():
         p = store.load(n)
@@ -331,7 +280,7 @@ def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = N
 
     from profiles.store import ProfileStore
 
-    p = ProfileStore(profiles or _load(config).profiles_dir).load(name)
+    p = ProfileStore(profiles or load_cli_config(config).profiles_dir).load(name)
     meta = {k: v for k, v in asdict(p).items() if k != "tokens"}
     meta["tokens_shape"] = list(p.tokens.shape)
     print(json.dumps(meta, indent=2))
@@ -342,7 +291,7 @@ def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt =
     """Delete a profile."""
     from profiles.store import ProfileStore
 
-    store = ProfileStore(profiles or _load(config).profiles_dir)
+    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)
     store.delete(name)
     print(f"deleted profile {name!r} from {store.root}")
 
@@ -380,7 +329,7 @@ def score(
 
     from monitor.clip_scoring import score_track, timeline
 
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     scorer, loaded = _scoring_context(cfg, model, profiles, {claimed})
     profile = loaded[claimed]
     track, _ = _feature_cache(cfg).get(media, require_audio=True)
@@ -421,7 +370,7 @@ def evaluate_cmd(
     from monitor.clip_scoring import score_track
     from monitor.eval_cases import read_cases, summarize
 
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     rows = read_cases(cases)
     scorer, loaded = _scoring_context(cfg, model, profiles, {r.claimed for r in rows})
     cache = _feature_cache(cfg)
@@ -454,7 +403,7 @@ def evaluate_cmd(
             print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
 
 
-from monitor import cli_live  # noqa: E402,F401  (registers serve and watch)
+from monitor import cli_live  # noqa: E402,F401  (registers serve and watch on the same app)
 
 
 def main() -> None:

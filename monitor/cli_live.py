@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-import sys
 import time
-from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from monitor.cli_app import ConfigOpt, ModelOpt, ProfilesOpt, app, err_console, load_cli_config, out
 from monitor.config import Config, StreamConfig
 from monitor.errors import ExposeError
 from monitor.events import Event
@@ -22,24 +20,6 @@ if TYPE_CHECKING:
     from monitor.live import LiveMonitor
 
 log = logging.getLogger(__name__)
-
-
-def _cli_module() -> ModuleType:
-    """The module that defines the ``expose`` app. Under ``python -m monitor.cli`` that is
-    ``__main__``: importing ``monitor.cli`` would make a second copy whose app nobody runs."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not None and spec is not None and spec.name == "monitor.cli":
-        return main
-    return importlib.import_module("monitor.cli")
-
-
-_cli = _cli_module()
-app, out, err_console, _load = _cli.app, _cli.out, _cli.err_console, _cli._load
-if TYPE_CHECKING:
-    from monitor.cli import ConfigOpt, ModelOpt, ProfilesOpt
-else:  # typer reads the annotations at run time, from this module's names
-    ConfigOpt, ModelOpt, ProfilesOpt = _cli.ConfigOpt, _cli.ModelOpt, _cli.ProfilesOpt
 
 
 def _with_stream(cfg: Config, source: str | None, claimed: str | None, name: str, loop: bool) -> Config:
@@ -69,7 +49,7 @@ def serve(
     """Run the live monitor: WHIP ingest, pulled streams, REST API, websocket alerts, dashboard."""
     from monitor.serve import bind, build_service, uvicorn_server
 
-    cfg = _with_stream(_load(config), watch_source, claimed, name, loop)
+    cfg = _with_stream(load_cli_config(config), watch_source, claimed, name, loop)
     srv = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     cfg = cfg.model_copy(update={"server": srv})
     service = build_service(cfg, model_path=model, profiles_dir=profiles)
@@ -151,7 +131,7 @@ def watch(
     from monitor.media import MediaReader, is_network_url
     from monitor.serve import build_monitor
 
-    cfg = _load(config)
+    cfg = load_cli_config(config)
     if not is_network_url(source):
         with MediaReader(source):  # a missing or unreadable file is an error now, not after retries
             pass
