@@ -115,11 +115,11 @@ def per_term_calibration(base, scorer: Scorer, profile, refs) -> tuple[float, fl
     """Mean/sd of the identity and sync terms on the profile's calibration windows (the same
     windows enrollment calibrates on), sds floored at their spread on validation windows."""
     from profiles.enroll import EnrollConfig as _EC
-    from profiles.enroll import _split, _windows
+    from profiles.enroll import _split
 
     length, cfg = base.model.cfg.window, _EC()
-    held = [w for tr, _ in refs for w in _windows(tr, _split(tr, length, cfg)[0], len(tr), length, 4, "")]
-    every = [w for tr, _ in refs for w in _windows(tr, 0, len(tr), length, 4, "")]
+    held = [w for tr, _ in refs for w in tr.windows(_split(tr, length, cfg)[0], len(tr), length, 4)]
+    every = [w for tr, _ in refs for w in tr.windows(0, len(tr), length, 4)]
     terms: list[tuple[float, float]] = []
     for ws in (held, every):
         sc = scorer.score(ws, [profile.tokens] * len(ws), ["c"] * len(ws)) if ws else []

@@ -20,7 +20,7 @@ import numpy as np
 from monitor.errors import ExposeError, MediaError
 from monitor.feature_cache import FeatureCache
 from monitor.track import FeatureTrack
-from monitor.windows import audio_rows
+from monitor.windows import Window, audio_rows, slice_window
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ class TrackArrays:
 
     def __len__(self) -> int:
         return len(self.face_mask)
+
+    def window(self, start: int, length: int) -> Window:
+        return slice_window(self.source, self.expression, self.audio, self.face_mask, self.speech, start, length)
+
+    def windows(self, lo: int, hi: int, length: int, hop: int) -> list[Window]:
+        """Windows starting every ``hop`` frames in [lo, hi - length]."""
+        return [self.window(s, length) for s in range(lo, hi - length + 1, hop)]
 
 
 def load_tracks(items: list[CorpusItem], cache: FeatureCache,

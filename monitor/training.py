@@ -289,12 +289,7 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
     """(window, identity index) for every valid start of held-out segments."""
     out = []
     for seg in segments:
-        tr = seg.track
-        for s in seg.starts[::max(1, stride // 4)]:
-            s = int(s)
-            out.append((Window(tr.source, s / 25, (s + length) / 25, tr.expression[s : s + length],
-                               tr.audio[s : s + length], tr.face_mask[s : s + length],
-                               tr.speech[s : s + length]), seg.identity))
+        out += [(seg.track.window(int(s), length), seg.identity) for s in seg.starts[::max(1, stride // 4)]]
     return out
 
 

@@ -73,19 +73,12 @@ class Window:
         return center_expression(self.expression, self.face_mask)
 
 
-def window_at(track: FeatureTrack, start: int, length: int, stream: str = "") -> Window:
+def slice_window(stream: str, expression: np.ndarray, audio: np.ndarray, face_mask: np.ndarray,
+                 speech: np.ndarray, start: int, length: int) -> Window:
+    """Rows [start, start + length) of aligned per-frame arrays as a Window."""
     end = start + length
-    if start < 0 or end > len(track):
-        raise ValueError(f"window [{start}, {end}) outside track of {len(track)} frames")
-    return Window(
-        stream=stream or track.source,
-        t0=start / FPS,
-        t1=end / FPS,
-        expression=track.expression[start:end],
-        audio=audio_rows(track)[start:end],
-        face_mask=track.face_mask[start:end],
-        speech=track.speech[start:end],
-    )
+    return Window(stream=stream, t0=start / FPS, t1=end / FPS, expression=expression[start:end],
+                  audio=audio[start:end], face_mask=face_mask[start:end], speech=speech[start:end])
 
 
 def windows_of(track: FeatureTrack, length: int, hop: int, stream: str = "") -> list[Window]:
@@ -97,11 +90,5 @@ def windows_of(track: FeatureTrack, length: int, hop: int, stream: str = "") -> 
     starts = list(range(0, len(track) - length + 1, hop))
     if starts[-1] != len(track) - length:
         starts.append(len(track) - length)
-    return [
-        Window(
-            stream=stream or track.source, t0=s / FPS, t1=(s + length) / FPS,
-            expression=track.expression[s : s + length], audio=audio[s : s + length],
-            face_mask=track.face_mask[s : s + length], speech=track.speech[s : s + length],
-        )
-        for s in starts
-    ]
+    name = stream or track.source
+    return [slice_window(name, track.expression, audio, track.face_mask, track.speech, s, length) for s in starts]

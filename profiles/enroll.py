@@ -57,15 +57,6 @@ def _split(tr: TrackArrays, length: int, cfg: EnrollConfig) -> tuple[int, int]:
     return n - hold, n
 
 
-def _windows(tr: TrackArrays, lo: int, hi: int, length: int, hop: int, name: str) -> list[Window]:
-    out = []
-    for s in range(lo, hi - length + 1, hop):
-        out.append(Window(stream=f"{tr.source}", t0=s / 25, t1=(s + length) / 25,
-                          expression=tr.expression[s : s + length], audio=tr.audio[s : s + length],
-                          face_mask=tr.face_mask[s : s + length], speech=tr.speech[s : s + length]))
-    return out
-
-
 def enroll(
     name: str,
     base: LoadedModel,
@@ -90,7 +81,7 @@ def enroll(
         st, _ = valid_starts(tr, 0, cut, length, cfg.min_face, cfg.min_speech, 2)
         segments.append(Segment(tr, 0, 0, cut, st))
         if cut < n:
-            calib_windows += _windows(tr, cut, n, length, cfg.calib_hop, name)
+            calib_windows += tr.windows(cut, n, length, cfg.calib_hop)
     if not any(len(s.starts) for s in segments):
         raise EnrollError(
             f"no usable reference window: need {length / 25:.1f} s stretches with a face on "
@@ -128,7 +119,7 @@ def enroll(
     if len(d) < cfg.min_calibration_windows:
         # References too short to hold enough out: calibrate on every reference window. The
         # tokens were fitted to them, so the mean is optimistic; the spread is floored below.
-        every = [w for tr, _ in references for w in _windows(tr, 0, len(tr), length, cfg.calib_hop, name)]
+        every = [w for tr, _ in references for w in tr.windows(0, len(tr), length, cfg.calib_hop)]
         d = np.concatenate([d, distances(every)])
         calib_source = "all reference windows (references too short to hold enough out)"
     if len(d) == 0:
