@@ -109,10 +109,7 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     @whip.delete("/whip/{stream}/{session}", dependencies=[Depends(auth)])
     async def whip_end(stream: str, session: str) -> Response:
         """End a WHIP session."""
-        try:
-            await monitor.end_whip(stream, session)
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        await monitor.end_whip(stream, session)
         return Response(status_code=200)
 
     @whip.patch("/whip/{stream}/{session}", status_code=405)
@@ -141,25 +138,16 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     @api.get("/streams/{name}", tags=["streams"])
     async def get_stream(name: str) -> dict[str, Any]:
-        try:
-            return monitor.view(name).to_dict()
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        return monitor.view(name).to_dict()
 
     @api.get("/streams/{name}/health", tags=["streams"])
     async def stream_health(name: str) -> dict[str, Any]:
-        try:
-            v = monitor.view(name)
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        v = monitor.view(name)
         return v.to_dict()["health"] or {"name": name, "phase": "idle"}
 
     @api.delete("/streams/{name}", status_code=204, tags=["streams"])
     async def remove_stream(name: str) -> Response:
-        try:
-            await monitor.remove_stream(name)
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        await monitor.remove_stream(name)
         return Response(status_code=204)
 
     @api.get("/profiles", tags=["profiles"])
@@ -188,28 +176,15 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     @api.get("/alerts/{alert_id}", tags=["alerts"])
     async def get_alert(alert_id: str) -> dict[str, Any]:
-        try:
-            return monitor.alert(alert_id).to_dict()
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        return monitor.alert(alert_id).to_dict()
 
     @api.post("/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack(alert_id: str, body: AckBody) -> dict[str, Any]:
-        try:
-            return monitor.acknowledge(alert_id, body.by).to_dict()
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
-        except AlertLifecycleError as err:
-            raise HTTPException(409, str(err)) from None
+        return monitor.acknowledge(alert_id, body.by).to_dict()
 
     @api.post("/alerts/{alert_id}/close", tags=["alerts"])
     async def close(alert_id: str, body: CloseBody) -> dict[str, Any]:
-        try:
-            return monitor.close(alert_id, body.by, body.reason).to_dict()
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
-        except AlertLifecycleError as err:
-            raise HTTPException(409, str(err)) from None
+        return monitor.close(alert_id, body.by, body.reason).to_dict()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -242,6 +217,15 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
         return RedirectResponse("/dashboard/")
 
     app.mount("/dashboard", StaticFiles(directory=STATIC, html=True), name="dashboard")
+
+    # One mapping for the whole API instead of a try/except in every route.
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(AlertLifecycleError)
+    async def lifecycle_conflict(request: Request, exc: AlertLifecycleError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(413)
     async def too_large(request: Request, exc: HTTPException) -> JSONResponse:
