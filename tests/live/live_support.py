@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,16 @@ from monitor.serve import Service, bind, build_service, uvicorn_server
 
 SPEECH_CLIP = "real/trump/speech_01.mp4"
 TOKEN = "test-token-123"
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Ask a child process to stop with ``sig``; kill it if it has not within ``timeout``."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def live_config(tmp: Path, **sections: Any) -> Config:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_support import SPEECH_CLIP
+from live_support import SPEECH_CLIP, stop_process
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +61,7 @@ def test_serve_starts_prints_the_dashboard_and_stops_on_sigint(tmp_path: Path, t
         profs = httpx.get(f"{base}/api/profiles", headers={"Authorization": "Bearer tok-abc"}, timeout=10).json()
         assert {p["name"] for p in profs} == {"always", "trump"} and all(p["compatible"] for p in profs)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGINT, timeout=30)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 

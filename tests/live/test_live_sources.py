@@ -23,6 +23,7 @@ from live_support import (
     collect_events,
     live_config,
     running_server,
+    stop_process,
 )
 
 from monitor.errors import MediaError
@@ -189,12 +190,7 @@ def rtsp_url(clip) -> Iterator[str]:  # type: ignore[no-untyped-def]
             pytest.fail(f"RTSP server did not start: {line}")
         yield f"rtsp://127.0.0.1:{port}/clip"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGTERM)
 
 
 def test_rtsp_stream_is_scored(rtsp_url: str, tiny_model: Path, profiles_dir: Path, tmp_path: Path) -> None:
