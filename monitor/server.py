@@ -239,15 +239,33 @@ def _profile_http(monitor: LiveMonitor, err: ProfileError) -> HTTPException:
     return HTTPException(404 if msg.startswith("unknown profile") else 409, msg)
 
 
+_DRAIN_CAP = 1 << 20
+
+
 async def _read_limited(request: Request, limit: int) -> str:
+    """The body as text, or 413 past ``limit`` bytes.
+
+    An oversized body is still read (and dropped) up to 1 MiB before answering: closing
+    the socket on a client that is still sending makes the kernel reset the connection,
+    and the client then sees "connection reset" instead of the 413.
+    """
     declared = request.headers.get("content-length")
+    too_large = None
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"offer of {declared} bytes is over the {limit}-byte limit")
-    body = bytearray()
+        too_large = f"offer of {declared} bytes is over the {limit}-byte limit"
+        if int(declared) > _DRAIN_CAP:
+            raise HTTPException(413, too_large)
+    body, seen = bytearray(), 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"offer is over the {limit}-byte limit")
+        seen += len(chunk)
+        if too_large is None and seen > limit:
+            too_large = f"offer is over the {limit}-byte limit"
+        if too_large is None:
+            body += chunk
+        elif seen > _DRAIN_CAP:
+            break
+    if too_large is not None:
+        raise HTTPException(413, too_large)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
