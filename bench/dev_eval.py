@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor.clip_scoring import score_track, settings_for  # noqa: E402
-from monitor.config import FeatureConfig  # noqa: E402
+from monitor.config import AlertSection, FeatureConfig  # noqa: E402
 from monitor.corpus import TrackArrays  # noqa: E402
 from monitor.evaluation import roc_auc  # noqa: E402
 from monitor.feature_cache import FeatureCache  # noqa: E402
@@ -110,34 +110,6 @@ class Baseline:
         return float(((self.dist(x) - self.cm) / self.cs).mean()) if len(x) else None
 
 
-# ---- experiment (not the product's score): per-term calibration, max fusion ----------
-def per_term_calibration(base, scorer: Scorer, profile, refs) -> tuple[float, float, float, float]:  # type: ignore[no-untyped-def]
-    """Mean/sd of the identity and sync terms on the profile's calibration windows (the same
-    windows enrollment calibrates on), sds floored at their spread on validation windows."""
-    from profiles.enroll import EnrollConfig as _EC
-    from profiles.enroll import _split
-
-    length, cfg = base.model.cfg.window, _EC()
-    held = [w for tr, _ in refs for w in tr.windows(_split(tr, length, cfg)[0], len(tr), length, 4)]
-    every = [w for tr, _ in refs for w in tr.windows(0, len(tr), length, 4)]
-    terms: list[tuple[float, float]] = []
-    for ws in (held, every):
-        sc = scorer.score(ws, [profile.tokens] * len(ws), ["c"] * len(ws)) if ws else []
-        terms += [(s.identity, s.sync) for s in sc if s.identity is not None]
-        if len(terms) >= cfg.min_calibration_windows:
-            break
-    a = np.array(terms)
-    w = base.meta.get("score_weights", {})
-    return (float(a[:, 0].mean()), max(float(a[:, 0].std()), w.get("identity_sd", 0.05)),
-            float(a[:, 1].mean()), max(float(a[:, 1].std()), w.get("sync_sd", 0.2)))
-
-
-def max_z(scores: list, calib: tuple[float, float, float, float]) -> float | None:  # type: ignore[type-arg]
-    m_i, s_i, m_s, s_s = calib
-    z = [max((s.identity - m_i) / s_i, (s.sync - m_s) / s_s) for s in scores if s.identity is not None]
-    return float(np.mean(z)) if z else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / "monitor/assets/exam-small.safetensors")
@@ -167,7 +139,8 @@ def main() -> None:
         enroll_tracks[name] = e
 
     scorer = Scorer(base.model, settings_for(base))
-    profiles, baselines, enroll_s, term_calib = {}, {}, {}, {}
+    policy = AlertSection().policy()
+    profiles, baselines, enroll_s = {}, {}, {}
     for name, tracks in enroll_tracks.items():
         refs = [(TrackArrays.of(t, name), Reference(t.source, t.media_sha256, t.duration, 0)) for t in tracks]
         t0 = time.perf_counter()
@@ -178,7 +151,6 @@ def main() -> None:
         tr = np.concatenate([s[:c] for s, c in zip(stats, cuts, strict=True)] or [np.zeros((0, 117))])
         ca = np.concatenate([s[c:] for s, c in zip(stats, cuts, strict=True)] or [np.zeros((0, 117))])
         baselines[name] = Baseline(tr if len(tr) else ca, ca)
-        term_calib[name] = per_term_calibration(base, scorer, profiles[name], refs)
         c = profiles[name].calibration
         print(f"enrolled {name}: {enroll_s[name][1]:.1f} s ref in {enroll_s[name][0]:.1f} s; "
               f"calib n={c.n_windows} mean {c.mean:+.4f} sd {c.std:.4f} thr {c.threshold:+.4f}", flush=True)
@@ -204,7 +176,7 @@ def main() -> None:
     t_score, n_windows, media_s = 0.0, 0, 0.0
     for family, claimed, desc, t in cases:
         t0 = time.perf_counter()
-        res = score_track(t, profiles[claimed], scorer)
+        res = score_track(t, profiles[claimed], scorer, policy=policy)
         t_score += time.perf_counter() - t0
         n_windows += len(res.scores)
         media_s += t.duration
@@ -214,7 +186,8 @@ def main() -> None:
         rows.append({"family": family, "claimed": claimed, "clip": desc, "score": res.clip_score,
                      "identity": float(np.mean(ids)) if ids else None, "sync": float(np.mean(syn)) if syn else None,
                      "identity_mouth": float(np.mean(idm)) if idm else None,
-                     "max_z": max_z(res.scores, term_calib[claimed]),
+                     "alert": res.alert_at,
+                     "windows": [[s.identity, s.sync, s.distance] for s in res.scores],
                      "baseline": baselines[claimed].clip(window_stats(t, length, 25))})
 
     def auc(fam: str, key: str) -> tuple[float | None, int]:
@@ -227,22 +200,30 @@ def main() -> None:
 
     families = ["impostor", "dub", "desync", "lipsync"]
     table = {}
+
+    def alerted(fam: str) -> tuple[int, int]:
+        rs = [r for r in rows if r["family"] == fam and r["score"] is not None]
+        return sum(r["alert"] is not None for r in rs), len(rs)
+
     print(f"\n{'family':<10} {'n':>4} {'EXAM':>7} {'identity':>9} {'id-mouth':>9} {'sync':>7} {'baseline':>9} "
-          f"{'max-z*':>7}")
+          f"{'live alerts':>12}")
+    g_hit, g_n = alerted("genuine")
+    print(f"{'genuine':<10} {g_n:>4} {'':>7} {'':>9} {'':>9} {'':>7} {'':>9} {f'{g_hit}/{g_n}':>12}")
     for fam in families:
         a, n = auc(fam, "score")
         ai, _ = auc(fam, "identity")
         aim, _ = auc(fam, "identity_mouth")
         asy, _ = auc(fam, "sync")
         ab, _ = auc(fam, "baseline")
-        amz, _ = auc(fam, "max_z")
+        hit, m = alerted(fam)
         table[fam] = {"n": n, "exam": a, "identity_term": ai, "identity_mouth_term": aim, "sync_term": asy,
-                      "baseline": ab, "experimental_max_z": amz}
+                      "baseline": ab, "live_alerted": hit, "live_scored": m}
         f = lambda v: "  n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"{fam:<10} {n:>4} {f(a):>7} {f(ai):>9} {f(aim):>9} {f(asy):>7} {f(ab):>9} {f(amz):>7}")
-    n_gen = sum(r["family"] == "genuine" for r in rows)
-    print(f"(genuine clips: {n_gen}; AUC: genuine vs family, clip score = mean window z-score; *max-z: experiment, "
-          "mean over windows of the larger per-term z-score against the profile's own calibration windows)")
+        print(f"{fam:<10} {n:>4} {f(a):>7} {f(ai):>9} {f(aim):>9} {f(asy):>7} {f(ab):>9} {f'{hit}/{m}':>12}")
+    table["genuine"] = {"live_alerted": g_hit, "live_scored": g_n}
+    print(f"(genuine clips: {g_n}; AUC: genuine vs family, clip score = mean normalised window distance; "
+          f"live alerts: clips on which the live AlertPolicy ({policy.settings}) opens an alert at the "
+          "profile's threshold for the smoothed distance)")
     print(f"scoring: {n_windows} windows in {t_score:.1f} s = {n_windows / t_score:.1f} windows/s, "
           f"{media_s / t_score:.1f}x real time (CPU)")
     if args.json:

@@ -96,7 +96,7 @@ def close(alert: Alert, who: str, when: float, reason: str) -> Alert:
 
 @dataclass(frozen=True)
 class PolicySettings:
-    smoothing: int = 3  # scored windows averaged into the smoothed distance
+    smoothing: int = 8  # scored windows averaged into the smoothed distance
     raise_k: int = 3
     raise_n: int = 5
     clear_m: int = 3
@@ -143,16 +143,19 @@ def _new_id() -> str:
 class AlertPolicy:
     settings: PolicySettings = PolicySettings()
 
-    def step(self, st: PolicyState, score: Score, threshold: float, now: float,
+    def step(self, st: PolicyState, score: Score, threshold: float | Callable[[int], float], now: float,
              thumbnail: Callable[[], str | None] = lambda: None,
              new_id: Callable[[], str] = _new_id) -> PolicyStep:
-        """Advance one window. ``thumbnail`` is only called when an alert opens."""
+        """Advance one window. ``threshold`` is a number, or a function of how many windows the
+        smoothed distance averages (fewer at the start of a stream: a noisier mean needs a
+        higher threshold). ``thumbnail`` is only called when an alert opens."""
         s = self.settings
         if score.distance is None:
             return self._insufficient(st, now)
         recent = (st.recent + (score.distance,))[-s.smoothing:]
         smoothed = sum(recent) / len(recent)
-        is_over = smoothed > threshold
+        thr = threshold(len(recent)) if callable(threshold) else threshold
+        is_over = smoothed > thr
         marks = (st.window + (_Mark(score.t0, score.t1, score.distance, is_over),))[-s.raise_n:]
         under_run = 0 if is_over else st.under_run + 1
         point = (score.t1, score.distance)
@@ -169,7 +172,7 @@ class AlertPolicy:
             ep = marks[first:]
             dists = [m.distance for m in ep]
             opened = Alert(
-                id=new_id(), stream=score.stream, profile=score.profile, threshold=threshold, opened_at=now,
+                id=new_id(), stream=score.stream, profile=score.profile, threshold=thr, opened_at=now,
                 t_start=ep[0].t0, t_end=None, ended_at=None, peak_distance=max(dists),
                 mean_distance=sum(dists) / len(dists), n_windows=len(dists),
                 scores=tuple((m.t1, m.distance) for m in ep), thumbnail_jpeg=thumbnail(),

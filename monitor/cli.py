@@ -242,8 +242,10 @@ def enroll(
     c = profile.calibration
     print(f"enrolled {name!r} from {sum(r.duration_s for _, r in refs):.1f} s of reference in "
           f"{time.perf_counter() - t0:.1f} s -> {where}")
-    print(f"calibration: {c.n_windows} held-out windows, distance mean {c.mean:.4f} sd {c.std:.4f}, "
-          f"threshold {c.threshold:.4f} (target false-alarm rate {c.target_far:g} per window)")
+    n = cfg.alerts.smoothing
+    print(f"calibration: {c.n_windows} held-out windows, distance mean {c.mean:.4f} sd {c.std:.4f}; thresholds "
+          f"{c.threshold:.4f} for one window, {c.alert_threshold(n):.4f} for the mean of {n} (live policy), "
+          f"target false-alarm rate {c.target_far:g}")
 
 
 profiles_app = typer.Typer(help="List, show and delete enrolled profiles.", no_args_is_help=True)
@@ -333,28 +335,29 @@ def score(
     scorer, loaded = _scoring_context(cfg, model, profiles, {claimed})
     profile = loaded[claimed]
     track, _ = _feature_cache(cfg).get(media, require_audio=True)
-    res = score_track(track, profile, scorer, hop=max(1, int(round(hop * 25))))
+    res = score_track(track, profile, scorer, hop=max(1, int(round(hop * 25))), policy=cfg.alerts.policy())
     thr = profile.calibration.threshold
     if as_json:
         print(json.dumps({
             "media": str(media), "claimed": claimed, "threshold": thr, "verdict": res.verdict,
-            "clip_score": res.clip_score, "over_threshold": res.over_threshold,
-            "windows": [asdict(s) | {"z": profile.normalized(s.distance) if s.distance is not None else None}
-                        for s in res.scores],
+            "alert_at": res.alert_at, "clip_score": res.clip_score, "over_threshold": res.over_threshold,
+            "windows": [asdict(s) | {"z": profile.normalized(s.distance) if s.distance is not None else None,
+                                     "state": st} for s, st in zip(res.scores, res.states, strict=True)],
         }))
         return
-    print(f"{media} as {claimed!r}: {len(res.scores)} windows, threshold {thr:.4f}")
-    for s in res.scores:
+    print(f"{media} as {claimed!r}: {len(res.scores)} windows, one-window threshold {thr:.4f}")
+    for s, st in zip(res.scores, res.states, strict=True):
         if s.distance is None:
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  insufficient: {s.reason}")
         else:
             flag = "OVER" if s.distance > thr else "    "
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
-                  f"(identity {s.identity:+.4f}, sync {s.sync:+.4f})")
-    print(f"timeline  [{timeline(res, thr)}]  ('.' authentic, '!' over threshold, '?' insufficient)")
+                  f"(identity {s.identity:+.4f}, sync {s.sync:+.4f})  {st}")
+    print(f"timeline  [{timeline(res)}]  ('.' authentic, '~' suspect, '!' alert, '?' insufficient)")
     cs = "n/a" if res.clip_score is None else f"{res.clip_score:+.2f}"
-    print(f"verdict: {res.verdict.upper()}  (clip score {cs} sd above genuine, "
-          f"{100 * res.over_threshold:.0f}% of windows over threshold)")
+    when = f"alert at {res.alert_at:.1f} s" if res.alert_at is not None else "no alert"
+    print(f"verdict: {res.verdict.upper()}  ({when} under the live policy; clip score {cs}, "
+          f"{100 * res.over_threshold:.0f}% of windows over the one-window threshold)")
 
 
 @app.command(name="eval")

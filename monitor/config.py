@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from monitor.errors import ConfigError
 
 APP_NAME = "expose"
+
+
+if TYPE_CHECKING:
+    from monitor.alerts import AlertPolicy
 
 
 class _Strict(BaseModel):
@@ -94,10 +98,17 @@ class LiveSection(_Strict):
 
 
 class AlertSection(_Strict):
-    smoothing: int = Field(3, ge=1, description="Scored windows averaged into the smoothed distance.")
+    smoothing: int = Field(8, ge=1, le=16, description="Scored windows averaged into the smoothed distance "
+                           "(the profile's threshold for that mean is lower than for one window).")
     raise_k: int = Field(3, ge=1, description="Raise an alert when k of the last n smoothed windows are over.")
     raise_n: int = Field(5, ge=1, description="n of the k-of-n rule.")
     clear_m: int = Field(3, ge=1, description="End the episode after m smoothed windows in a row under.")
+
+    def policy(self) -> AlertPolicy:
+        from monitor.alerts import AlertPolicy, PolicySettings
+
+        return AlertPolicy(PolicySettings(smoothing=self.smoothing, raise_k=self.raise_k, raise_n=self.raise_n,
+                                          clear_m=self.clear_m))
 
 
 class StreamConfig(_Strict):

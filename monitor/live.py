@@ -20,7 +20,7 @@ from typing import Any
 
 from exporters.base import AlertSink
 from monitor import watchdog as wd
-from monitor.alerts import Alert, AlertPolicy, PolicySettings, PolicyState, StreamState
+from monitor.alerts import Alert, PolicyState, StreamState
 from monitor.alerts import acknowledge as ack_alert
 from monitor.alerts import close as close_alert
 from monitor.config import Config, StreamConfig
@@ -84,8 +84,7 @@ class LiveMonitor:
         self.profiles = profiles
         self.store = store
         self.sinks = sinks
-        self.policy = AlertPolicy(PolicySettings(smoothing=cfg.alerts.smoothing, raise_k=cfg.alerts.raise_k,
-                                                 raise_n=cfg.alerts.raise_n, clear_m=cfg.alerts.clear_m))
+        self.policy = cfg.alerts.policy()
         live = cfg.live
         self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * 25)),
                                             audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
@@ -315,16 +314,17 @@ class LiveMonitor:
             if entry is None:
                 continue
             prof = r.request.profile
-            threshold = prof.calibration.threshold if prof is not None else math.inf
+            calib = prof.calibration if prof is not None else None
             runner = entry.runner
-            step = self.policy.step(entry.policy, r.score, threshold, now,
+            step = self.policy.step(entry.policy, r.score, calib.alert_threshold if calib else math.inf, now,
                                     thumbnail=runner.thumbnail if runner is not None else (lambda: None))
             entry.policy = step.state
             s = r.score
             data = {
                 "profile": s.profile or None, "t0": s.t0, "t1": s.t1, "status": s.status,
                 "distance": s.distance, "smoothed": step.smoothed,
-                "threshold": threshold if math.isfinite(threshold) else None,
+                # the threshold the smoothed distance was compared with
+                "threshold": calib.alert_threshold(len(step.state.recent)) if calib else None,
                 "z": prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
                 "identity": s.identity, "sync": s.sync, "face_ratio": s.face_ratio, "speech_ratio": s.speech_ratio,
                 "reason": s.reason, "state": step.state.state, "latency_s": round(r.latency_s, 3),

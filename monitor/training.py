@@ -337,16 +337,53 @@ def fit_score_weights(model: Exam, windows: list[tuple[Window, int]]) -> dict[st
             "val_worst_auc": float(best[0]), "identity_sd": float(sd[0]), "sync_sd": float(sd[1])}
 
 
-def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig) -> dict[str, float]:
-    """Reload the best checkpoint, fit the score weights on its validation windows, re-save."""
+def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig,
+                        ) -> dict[str, object]:
+    """Reload the best checkpoint, fit the score weights on its validation windows, measure
+    how smoothing shrinks the genuine spread, re-save."""
     from monitor.model import load_model
 
     best = load_model(out)
     identities = best.meta["identities"]
     _, seen, _, _ = split_segments(tracks, identities, set(holdout), cfg, best.model.cfg.window)
-    weights = fit_score_weights(best.model, validation_windows(seen, best.model.cfg.window))
+    weights: dict[str, object] = dict(fit_score_weights(best.model, validation_windows(seen, best.model.cfg.window)))
+    weights["smoothing_sd_ratio"] = smoothing_ratios(best.model, weights, tracks, identities)
     save_model(best.model, out, {**best.meta, "score_weights": weights})
     return weights
+
+
+def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[TrackArrays],
+                     identities: list[str], hop: int = 25) -> list[float]:
+    """sd(mean of n consecutive windows) / sd(one window) of the fused distance on the
+    training identities' recordings with their own tokens (monitor/smoothing.py); the
+    overlap bound where the recordings are too short to measure it."""
+    from monitor.scorer import Scorer, ScoreSettings
+    from monitor.smoothing import empirical_sd_ratios, overlap_sd_ratios
+
+    length = model.cfg.window
+    scorer = Scorer(model, ScoreSettings(w_identity=float(weights["identity"]),  # type: ignore[arg-type]
+                                         w_sync=float(weights["sync"])))  # type: ignore[arg-type]
+    index = {n: i for i, n in enumerate(identities)}
+    series: list[np.ndarray] = []
+    for tr in tracks:
+        if tr.identity not in index:
+            continue
+        ws = tr.windows(0, len(tr), length, hop)
+        tok = model.id_tokens[index[tr.identity]].detach()
+        run: list[float] = []
+        for i in range(0, len(ws), 32):
+            for sc in scorer.score(ws[i : i + 32], [tok] * len(ws[i : i + 32]), ["cal"] * len(ws[i : i + 32])):
+                if sc.distance is None:  # a gap ends a run of consecutive windows
+                    if run:
+                        series.append(np.array(run))
+                    run = []
+                else:
+                    run.append(sc.distance)
+        if run:
+            series.append(np.array(run))
+    bound = overlap_sd_ratios(length, hop)
+    measured = empirical_sd_ratios(series)
+    return bound if measured is None else [max(a, b) for a, b in zip(measured, bound, strict=True)]
 
 
 def _state_path(out: Path) -> Path:

@@ -3,8 +3,9 @@
 Only a new set of adapter tokens is optimised, with the pre-training denoising loss, on
 windows of the subject's reference footage; every base weight stays bit-identical.
 The last part of each reference recording (25 %, at least one window) is held out;
-the identity distances of its windows give the genuine distribution, and the alert
-threshold sits at a target false-alarm rate per window above it.
+the distances of its windows give the genuine distribution (profiles/store.py,
+Calibration), and the alert thresholds sit at a target false-alarm rate above it: one
+for a single window, and one for the live policy's mean of n windows.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from monitor.clip_scoring import settings_for
+from monitor.clip_scoring import DEFAULT_HOP, settings_for
 from monitor.corpus import TrackArrays
 from monitor.model import LoadedModel
 from monitor.scorer import Scorer, ScoreSettings
+from monitor.smoothing import overlap_sd_ratios
 from monitor.training import Segment, WindowSampler, valid_starts
 from monitor.windows import Window
 from profiles.store import Calibration, Profile, Reference
@@ -110,29 +112,35 @@ def enroll(
     scorer = Scorer(model, score_settings)
     tok = tokens.detach()
 
-    def distances(windows: list[Window]) -> np.ndarray:
+    def terms(windows: list[Window]) -> np.ndarray:
+        """(N, 2): distance and identity term of the scored windows."""
         scores = scorer.score(windows, [tok] * len(windows), [name] * len(windows))
-        return np.array([s.distance for s in scores if s.distance is not None])
+        return np.array([(s.distance, s.identity) for s in scores if s.distance is not None]).reshape(-1, 2)
 
-    d = distances(calib_windows)
+    d = terms(calib_windows)
     calib_source = "held-out tail of each reference"
     if len(d) < cfg.min_calibration_windows:
         # References too short to hold enough out: calibrate on every reference window. The
         # tokens were fitted to them, so the mean is optimistic; the spread is floored below.
         every = [w for tr, _ in references for w in tr.windows(0, len(tr), length, cfg.calib_hop)]
-        d = np.concatenate([d, distances(every)])
+        d = np.concatenate([d, terms(every)])
         calib_source = "all reference windows (references too short to hold enough out)"
     if len(d) == 0:
         raise EnrollError("no calibration window has enough face and speech; give longer references")
+    weights = base.meta.get("score_weights") or {}
+    dist = d[:, 0]
     # A few correlated windows underestimate the genuine spread: never go below the spread
     # measured on the base model's validation windows (genuine footage of many people).
-    std_floor = float((base.meta.get("score_weights") or {}).get("genuine_std", cfg.min_std))
-    mean, std = float(d.mean()), float(max(d.std(), std_floor, cfg.min_std))
+    std_floor = float(weights.get("genuine_std", cfg.min_std))
+    mean, std = float(dist.mean()), float(max(dist.std(), std_floor, cfg.min_std))
     z = NormalDist().inv_cdf(1 - cfg.target_far)
-    threshold = max(mean + z * std, float(np.quantile(d, 1 - cfg.target_far)))
+    threshold = max(mean + z * std, float(np.quantile(dist, 1 - cfg.target_far)))
+    ratios = weights.get("smoothing_sd_ratio") or overlap_sd_ratios(length, DEFAULT_HOP)
     calib = Calibration(
         n_windows=len(d), mean=mean, std=std, threshold=threshold, target_far=cfg.target_far,
-        quantiles={q: float(np.quantile(d, float(q))) for q in ("0.5", "0.9", "0.99")},
+        quantiles={q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.99")},
+        center=float(score_settings.w_identity * d[:, 1].mean()), scale=max(std_floor, cfg.min_std),
+        smoothing_sd_ratio=[float(r) for r in ratios],
     )
     return Profile(
         name=name, base_model_sha256=base.sha256,

@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import platformdirs
 import torch
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from monitor.errors import ExposeError
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2  # 2: calibration centre/scale (identity-only centring) and smoothing ratios
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -52,14 +53,34 @@ class Reference:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Identity distances of held-out genuine reference windows."""
+    """The profile's genuine distribution, from held-out reference windows.
+
+    A window's distance is ``w_identity * identity + w_sync * sync`` (monitor/scorer.py).
+    Only the identity term is centred per profile (``center`` = w_identity x its mean on the
+    calibration windows): how well adapter tokens fit is a property of each enrollment. The
+    sync term keeps its natural zero (the true audio explains the mouth no better than the
+    same audio out of sync): a same-session mean of it is optimistic, and centring on it made
+    genuine footage of one person and attacks on another incomparable (dev desync AUC 0.82
+    with it). ``scale`` is the model's genuine window spread, the same for every profile.
+    """
 
     n_windows: int
-    mean: float
-    std: float
-    threshold: float  # alert when a window's distance exceeds this
-    target_far: float  # false-alarm rate per window the threshold aims at
+    mean: float  # mean distance of the calibration windows
+    std: float  # their spread, floored at the model's genuine spread
+    threshold: float  # one window: alert when its distance exceeds this
+    target_far: float  # false-alarm rate per (smoothed) window the thresholds aim at
     quantiles: dict[str, float] = field(default_factory=dict)
+    center: float = 0.0
+    scale: float = 1.0
+    # sd of a mean of n consecutive 1-s-hop windows / sd of one window, for n = 1, 2, ...
+    smoothing_sd_ratio: list[float] = field(default_factory=lambda: [1.0])
+
+    def alert_threshold(self, smoothing: int) -> float:
+        """Threshold for the mean distance of ``smoothing`` consecutive windows (1 s hop) at
+        the target false-alarm rate: averaging shrinks the genuine spread, so it sits lower."""
+        r = self.smoothing_sd_ratio
+        ratio = r[min(max(smoothing, 1), len(r)) - 1]
+        return self.mean + NormalDist().inv_cdf(1 - self.target_far) * self.std * ratio
 
 
 @dataclass(frozen=True)
@@ -73,8 +94,10 @@ class Profile:
     tokens: torch.Tensor = field(repr=False)  # (K, d_model)
 
     def normalized(self, distance: float) -> float:
-        """Distance in units of the genuine spread above the genuine mean (a z-score)."""
-        return (distance - self.calibration.mean) / max(self.calibration.std, 1e-6)
+        """The distance with the profile's identity offset removed, in units of the model's
+        genuine spread: comparable across profiles (the clip score of `expose eval`)."""
+        c = self.calibration
+        return (distance - c.center) / max(c.scale, 1e-6)
 
     def check_base(self, model_sha256: str) -> None:
         if model_sha256 != self.base_model_sha256:
@@ -122,7 +145,8 @@ class ProfileStore:
         try:
             meta = json.loads((d / "profile.json").read_text(encoding="utf-8"))
             if meta.get("format") != PROFILE_FORMAT:
-                raise ProfileError(f"profile {name!r}: format {meta.get('format')}, expected {PROFILE_FORMAT}")
+                raise ProfileError(f"profile {name!r} has format {meta.get('format')}, this version reads "
+                                   f"{PROFILE_FORMAT}: re-enroll it (expose enroll {name} MEDIA... --force)")
             tokens = load_file(str(d / "tokens.safetensors"))["tokens"]
             return Profile(
                 name=meta["name"], base_model_sha256=meta["base_model_sha256"], created=meta["created"],

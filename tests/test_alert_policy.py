@@ -89,3 +89,22 @@ def test_lifecycle_open_acknowledged_closed() -> None:
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError):
         PolicySettings(raise_k=4, raise_n=3)
+
+
+def test_threshold_as_a_function_of_the_number_of_averaged_windows() -> None:
+    """At the start of a stream the mean covers fewer windows; a callable threshold gets that
+    count, so a noisy early mean is held to a higher bar than the full one."""
+    p = AlertPolicy(PolicySettings(smoothing=4, raise_k=1, raise_n=1, clear_m=1))
+    seen: list[int] = []
+
+    def thr(n: int) -> float:
+        seen.append(n)
+        return 10.0 / n  # 10, 5, 3.33, 2.5
+
+    st, states = PolicyState(), []
+    for i, d in enumerate([4.0, 4.0, 4.0, 4.0]):
+        step = p.step(st, _score(float(i), d), thr, now=float(i), new_id=lambda: "a1")
+        st = step.state
+        states.append(st.state)
+    assert seen == [1, 2, 3, 4]
+    assert states == ["authentic", "authentic", "alert", "alert"]  # 4 > 10/3 from the third window

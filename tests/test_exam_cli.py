@@ -78,6 +78,8 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     assert all(w["status"] in ("scored", "insufficient") for w in out["windows"])
     scored = [w for w in out["windows"] if w["status"] == "scored"]
     assert scored and all({"identity", "sync", "distance"} <= w.keys() for w in scored)
+    assert all(w["state"] in ("authentic", "suspect", "alert", "insufficient") for w in out["windows"])
+    assert (out["verdict"] == "suspect") == (out["alert_at"] is not None)
 
     r = run_cli("score", corpus / "real/vox_00098/clip_01.mp4", "--as", "bob", *common)
     assert r.returncode == 2 and "unknown profile 'bob'" in r.stderr

@@ -4,6 +4,7 @@ fixed seeds; features from real corpus clips where the test needs real windows."
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -130,14 +131,28 @@ def test_enrollment_changes_only_the_tokens(track_of, tmp_path: Path) -> None:
         assert torch.equal(v, after[k]), f"base weight {k} changed during enrollment"
     assert not torch.allclose(profile.tokens, base.model.null_tokens.detach())
     assert profile.base_model_sha256 == base.sha256
-    assert profile.calibration.n_windows > 0
-    assert profile.calibration.threshold > profile.calibration.mean
+    c = profile.calibration
+    assert c.n_windows > 0
+    assert c.threshold > c.mean
+    # the smoothed-distance threshold starts at the one-window threshold and falls with n
+    assert c.alert_threshold(1) == pytest.approx(c.mean + 2.3263 * c.std, abs=1e-3)
+    assert c.alert_threshold(1) <= c.threshold
+    assert c.alert_threshold(1) > c.alert_threshold(4) > c.alert_threshold(16) > c.mean
+    # only the identity term is centred per profile: normalized() removes w_identity x its mean
+    assert profile.normalized(c.center) == 0.0 and profile.normalized(c.center + c.scale) == pytest.approx(1.0)
 
     store = ProfileStore(tmp_path / "profiles")
     store.save(profile)
     again = store.load("subj")
     assert torch.equal(again.tokens, profile.tokens)
     again.check_base(base.sha256)
+
+    # a profile written by an older version (format 1: no centre/scale) is refused, not misread
+    meta_path = tmp_path / "profiles" / "subj" / "profile.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"format": 1}))
+    with pytest.raises(ProfileError, match="re-enroll"):
+        store.load("subj")
     with pytest.raises(ProfileError, match="re-enroll"):
         again.check_base("0" * 64)
     with pytest.raises(ProfileError, match="unknown profile"):

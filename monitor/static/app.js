@@ -1,4 +1,4 @@
-// expose dashboard: one tile per stream (state, identity-distance chart vs threshold, health),
+// expose dashboard: one tile per stream (state, smoothed-distance chart vs threshold, health),
 // the alert list with acknowledge / close. Live data from /ws (resumes with ?since=SEQ after a
 // reconnect); health and alerts from the REST API. No build step, no dependencies.
 "use strict";
@@ -75,7 +75,7 @@ function draw(s) {
   const c = s.el.querySelector("canvas"), g = c.getContext("2d");
   const W = c.width, H = c.height, pad = 28;
   g.clearRect(0, 0, W, H);
-  const vals = s.points.filter(p => p.d !== null).map(p => p.d);
+  const vals = s.points.filter(p => p.d !== null).flatMap(p => [p.d, p.sm]);
   const thr = s.threshold;
   const all = vals.concat(thr !== null && isFinite(thr) && Math.abs(thr) < 1e6 ? [thr] : []);
   if (!all.length) { g.fillStyle = "#6e7681"; g.fillText("waiting for scored windows", pad, H / 2); return; }
@@ -93,18 +93,23 @@ function draw(s) {
     g.strokeStyle = "#f85149"; g.setLineDash([8, 6]); g.lineWidth = 2;
     g.beginPath(); g.moveTo(pad, y(thr)); g.lineTo(W, y(thr)); g.stroke(); g.setLineDash([]);
   }
+  s.points.forEach((p, i) => {  // single windows: small grey dots
+    if (p.d === null) return;
+    g.fillStyle = "#6e7681"; g.beginPath(); g.arc(x(i), y(p.d), 2.5, 0, 2 * Math.PI); g.fill();
+  });
+  // the smoothed distance is what the threshold applies to
   g.strokeStyle = "#58a6ff"; g.lineWidth = 3; g.beginPath();
   let pen = false;
   s.points.forEach((p, i) => {
-    if (p.d === null) { pen = false; return; }
-    if (pen) g.lineTo(x(i), y(p.d)); else g.moveTo(x(i), y(p.d));
+    if (p.sm === null) { pen = false; return; }
+    if (pen) g.lineTo(x(i), y(p.sm)); else g.moveTo(x(i), y(p.sm));
     pen = true;
   });
   g.stroke();
   s.points.forEach((p, i) => {
-    if (p.d === null) return;
+    if (p.sm === null) return;
     g.fillStyle = { alert: "#f85149", suspect: "#d29922" }[p.st] || "#3fb950";
-    g.beginPath(); g.arc(x(i), y(p.d), 4, 0, 2 * Math.PI); g.fill();
+    g.beginPath(); g.arc(x(i), y(p.sm), 4, 0, 2 * Math.PI); g.fill();
   });
 }
 

@@ -48,7 +48,7 @@ def profiles_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, ext
     store = ProfileStore(root)
     store.save(prof)
     always = dataclasses.replace(prof, name="always",
-                                 calibration=dataclasses.replace(prof.calibration, threshold=-1e9))
+                                 calibration=dataclasses.replace(prof.calibration, threshold=-1e9, mean=-1e9))
     store.save(always)
     return root
 
