@@ -74,7 +74,8 @@ async def open_session(stream: str, profile: str, offer: str, *, max_side: int, 
 
     @pc.on("track")
     def on_track(track) -> None:  # type: ignore[no-untyped-def]
-        source.add_track(track)
+        receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+        source.add_track(track, receiver)
 
     @pc.on("connectionstatechange")
     async def on_state() -> None:

@@ -5,6 +5,7 @@ Every helper writes into a caller-given path (a pytest ``tmp_path``) and returns
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -78,33 +79,15 @@ def synthetic_av(
         if tone_hz is not None:
             aus = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        for i in range(n_frames):
-            phase = 2 * np.pi * i / fps
-            img = np.stack([
-                127 + 120 * np.sin(xx / 23.0 + phase),
-                127 + 120 * np.cos(yy / 17.0 - 0.7 * phase),
-                rng.integers(0, 256, size=(height, width)),
-            ], axis=-1).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in vs.encode(frame):
-                out.mux(packet)
-        for packet in vs.encode(None):
-            out.mux(packet)
+        phases = (2 * np.pi * i / fps for i in range(n_frames))
+        _encode_video(out, vs, (np.stack([
+            127 + 120 * np.sin(xx / 23.0 + phase),
+            127 + 120 * np.cos(yy / 17.0 - 0.7 * phase),
+            rng.integers(0, 256, size=(height, width)),
+        ], axis=-1).astype(np.uint8) for phase in phases), fps)
         if aus is not None:
-            block = 1024
-            total = int(seconds * sample_rate)
-            t = np.arange(total, dtype=np.float64) / sample_rate
-            wave = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
-            for start in range(0, total, block):
-                chunk = wave[start : start + block]
-                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-                frame.sample_rate = sample_rate
-                frame.pts, frame.time_base = start, Fraction(1, sample_rate)
-                for packet in aus.encode(frame):
-                    out.mux(packet)
-            for packet in aus.encode(None):
-                out.mux(packet)
+            t = np.arange(int(seconds * sample_rate), dtype=np.float64) / sample_rate
+            _encode_audio(out, aus, (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32), sample_rate)
     return dest
 
 
@@ -121,3 +104,74 @@ def faststart_remux(src: Path, dest: Path) -> Path:
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
     return dest
+
+
+def dub_remux(video_src: Path, audio_src: Path, dest: Path) -> Path:
+    """``video_src``'s video with ``audio_src``'s audio (stream copies, no re-encoding), cut
+    to the video's duration: what a dubbing attack hands to a call."""
+    with av.open(str(video_src)) as vin_c, av.open(str(audio_src)) as ain_c, av.open(str(dest), "w") as out:
+        vin, ain = vin_c.streams.video[0], ain_c.streams.audio[0]
+        vout, aout = out.add_stream_from_template(vin), out.add_stream_from_template(ain)
+        end = 0.0
+        for packet in vin_c.demux(vin):
+            if packet.dts is None:
+                continue
+            if packet.pts is not None and packet.time_base is not None:
+                end = max(end, float(packet.pts * packet.time_base))
+            packet.stream = vout
+            out.mux(packet)
+        for packet in ain_c.demux(ain):
+            if packet.dts is None:
+                continue
+            if packet.pts is not None and packet.time_base is not None and packet.pts * packet.time_base > end:
+                break
+            packet.stream = aout
+            out.mux(packet)
+    return dest
+
+
+def flash_click_av(dest: Path, events: list[float], seconds: float, fps: int = 25, size: tuple[int, int] = (320, 240),
+                   sample_rate: int = 48_000) -> Path:
+    """Black video with one white frame at each time in ``events`` and silent audio with a
+    20 ms click at the same times: a clip whose audio/video alignment can be read off."""
+    width, height = size
+    with av.open(str(dest), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"g": str(fps)}
+        aus = out.add_stream("aac", rate=sample_rate, layout="mono")
+        flash = {int(round(t * fps)) for t in events}
+        _encode_video(out, vs, (np.full((height, width, 3), 255 if i in flash else 0, np.uint8)
+                                for i in range(int(round(seconds * fps)))), fps)
+        wave = np.zeros(int(seconds * sample_rate), np.float32)
+        rng = np.random.default_rng(0)
+        for t in events:
+            s = int(round(t * sample_rate))
+            wave[s : s + sample_rate // 50] = 0.8 * rng.uniform(-1, 1, size=len(wave[s : s + sample_rate // 50]))
+        _encode_audio(out, aus, wave, sample_rate)
+    return dest
+
+
+def _encode_audio(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, wave: np.ndarray,
+                  sample_rate: int) -> None:
+    """Encode mono float samples into ``stream`` in 1024-sample frames, then flush it."""
+    for start in range(0, len(wave), 1024):
+        frame = av.AudioFrame.from_ndarray(wave[None, start : start + 1024], format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts, frame.time_base = start, Fraction(1, sample_rate)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
+def _encode_video(out: av.container.OutputContainer, stream: av.video.stream.VideoStream,
+                  images: Iterable[np.ndarray], fps: int) -> None:
+    """Encode RGB images into ``stream`` at ``fps``, then flush it."""
+    for i, img in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
