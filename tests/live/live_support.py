@@ -104,3 +104,71 @@ async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: 
             except TimeoutError:
                 break
     return got
+
+
+async def publish_whip(url: str, media: Path, *, token: str | None = TOKEN, seconds: float = 60,
+                   until: Any = None, ws_url: str = "") -> tuple[int, dict[str, str], list[dict[str, Any]]]:
+    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile."""
+    import httpx
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    player = MediaPlayer(str(media))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in (player.video, player.audio):
+        if track is not None:
+            pc.addTransceiver(track, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    msgs: list[dict[str, Any]] = []
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            headers = {"Content-Type": "application/sdp"} | ({"Authorization": f"Bearer {token}"} if token else {})
+            r = await http.post(url, content=pc.localDescription.sdp, headers=headers)
+            if r.status_code != 201:
+                return r.status_code, dict(r.headers), []
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+            if until is not None:
+                msgs = await collect_events(ws_url, until, timeout=seconds)
+            location = r.headers["location"]
+            d = await http.delete(url.split("/whip/")[0] + location, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert d.status_code == 200
+            return r.status_code, dict(r.headers), msgs
+    finally:
+        await pc.close()
+        if player.video is not None:
+            player.video.stop()
+        if player.audio is not None:
+            player.audio.stop()
+
+
+@contextlib.contextmanager
+def rtsp_server(media: Path) -> Iterator[str]:
+    """GStreamer's RTSP server (tests/live/rtsp_server.py, run by Debian's python3) serving
+    ``media`` in real time; yields its rtsp:// URL. Skips when it is not installed."""
+    import os
+    import shutil
+    import socket
+
+    import pytest
+
+    system_python = shutil.which("python3", path="/usr/bin")
+    if system_python is None:
+        pytest.skip("Debian's /usr/bin/python3 (with python3-gi) is needed for the GStreamer RTSP server")
+    check = subprocess.run([system_python, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                            "from gi.repository import GstRtspServer"], capture_output=True, timeout=30)
+    if check.returncode != 0:
+        pytest.skip("GStreamer RTSP server not installed (apt: python3-gi gir1.2-gst-rtsp-server-1.0 "
+                    "gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([system_python, str(Path(__file__).parent / "rtsp_server.py"), str(media), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "READY" not in line:
+            pytest.fail(f"RTSP server did not start: {line}")
+        yield f"rtsp://127.0.0.1:{port}/clip"
+    finally:
+        stop_process(proc, signal.SIGTERM)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from live_support import (
     SPEECH_CLIP,
-    TOKEN,
     collect_events,
     live_config,
+    publish_whip,
     running_server,
 )
 
@@ -69,41 +69,6 @@ def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
     assert replayed == sorted(replayed)
 
 
-async def _publish(url: str, media: Path, *, token: str | None = TOKEN, seconds: float = 60,
-                   until: Any = None, ws_url: str = "") -> tuple[int, dict[str, str], list[dict[str, Any]]]:
-    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile."""
-    import httpx
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from aiortc.contrib.media import MediaPlayer
-
-    player = MediaPlayer(str(media))
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    for track in (player.video, player.audio):
-        if track is not None:
-            pc.addTransceiver(track, direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    msgs: list[dict[str, Any]] = []
-    try:
-        async with httpx.AsyncClient(timeout=30) as http:
-            headers = {"Content-Type": "application/sdp"} | ({"Authorization": f"Bearer {token}"} if token else {})
-            r = await http.post(url, content=pc.localDescription.sdp, headers=headers)
-            if r.status_code != 201:
-                return r.status_code, dict(r.headers), []
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-            if until is not None:
-                msgs = await collect_events(ws_url, until, timeout=seconds)
-            location = r.headers["location"]
-            d = await http.delete(url.split("/whip/")[0] + location, headers={"Authorization": f"Bearer {TOKEN}"})
-            assert d.status_code == 200
-            return r.status_code, dict(r.headers), msgs
-    finally:
-        await pc.close()
-        if player.video is not None:
-            player.video.stop()
-        if player.audio is not None:
-            player.audio.stop()
-
-
 def test_whip_publisher_gets_scored_and_alerted(tiny_model: Path, profiles_dir: Path, clip,  # type: ignore[no-untyped-def]
                                                 tmp_path: Path) -> None:
     cfg = live_config(tmp_path)
@@ -111,7 +76,7 @@ def test_whip_publisher_gets_scored_and_alerted(tiny_model: Path, profiles_dir: 
         def done(ms: list[dict[str, Any]]) -> bool:
             return _alert_opened(ms) and any(m["type"] == "score" and m["status"] == "scored" for m in ms)
 
-        code, headers, msgs = asyncio.run(_publish(f"{srv.url}/whip/caller?profile=always", clip(SPEECH_CLIP),
+        code, headers, msgs = asyncio.run(publish_whip(f"{srv.url}/whip/caller?profile=always", clip(SPEECH_CLIP),
                                                    until=done, ws_url=srv.ws_url, seconds=90))
         assert code == 201, headers
         assert headers["content-type"].startswith("application/sdp")

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +18,8 @@ from live_support import (
     SPEECH_CLIP,
     collect_events,
     live_config,
+    rtsp_server,
     running_server,
-    stop_process,
 )
 
 from monitor.errors import MediaError
@@ -172,25 +168,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def rtsp_url(clip) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    system_python = shutil.which("python3", path="/usr/bin")
-    if system_python is None:
-        pytest.skip("Debian's /usr/bin/python3 (with python3-gi) is needed for the GStreamer RTSP server")
-    check = subprocess.run([system_python, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-                            "from gi.repository import GstRtspServer"], capture_output=True, timeout=30)
-    if check.returncode != 0:
-        pytest.skip("GStreamer RTSP server not installed (apt: python3-gi gir1.2-gst-rtsp-server-1.0 "
-                    "gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
-    port = _free_port()
-    proc = subprocess.Popen([system_python, str(HERE / "rtsp_server.py"), str(clip(SPEECH_CLIP)), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "READY" not in line:
-            pytest.fail(f"RTSP server did not start: {line}")
-        yield f"rtsp://127.0.0.1:{port}/clip"
-    finally:
-        stop_process(proc, signal.SIGTERM)
+    with rtsp_server(clip(SPEECH_CLIP)) as url:
+        yield url
 
 
 def test_rtsp_stream_is_scored(rtsp_url: str, tiny_model: Path, profiles_dir: Path, tmp_path: Path) -> None:
