@@ -73,6 +73,12 @@ class Alert:
         d["active"] = self.active
         return d
 
+    def summary(self) -> dict[str, Any]:
+        """to_dict() without the evidence (score series, thumbnail): for per-window updates."""
+        d = self.to_dict()
+        del d["scores"], d["thumbnail_jpeg"]
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Alert:
         d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}

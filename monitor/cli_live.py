@@ -102,7 +102,7 @@ class _TerminalView:
                         f"{d['smoothed']:+.4f} {'>' if over else '<='} {thr:.4f}  [{colour}]{d['state'].upper()}[/]"
                         f"  [dim]({d['latency_s'] * 1000:.0f} ms)[/]")
             out.print(line, highlight=False)
-        elif event.type == "alert":
+        elif event.type == "alert" and d["action"] != "updated":  # the score lines show an episode going on
             a = d["alert"]
             out.print(f"[bold red]ALERT {d['action']}[/] {a['id']} stream {escape(a['stream'])} as "
                       f"{escape(a['profile'])}: peak {a['peak_distance']:+.4f}, mean {a['mean_distance']:+.4f} "

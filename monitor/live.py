@@ -336,6 +336,8 @@ class LiveMonitor:
                 self.store.put_alert(step.alert)
                 if step.change in ("opened", "ended"):
                     self.emit("alert", s.stream, {"action": step.change, "alert": step.alert.to_dict()})
+                else:  # one per window while it lasts: the summary, not the evidence again
+                    self.emit("alert", s.stream, {"action": "updated", "alert": step.alert.summary()})
 
     # ---- alerts ----------------------------------------------------------------------
     def alert(self, alert_id: str) -> Alert:

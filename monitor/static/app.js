@@ -170,6 +170,12 @@ async function refreshAlerts() {
   }
 }
 
+function updateAlertRow(a) {  // per-window update of an active alert: peak / mean only
+  const tr = document.querySelector(`#alerts tr[data-alert="${a.id}"]`);
+  if (!tr) { refreshAlerts(); return; }
+  tr.children[4].textContent = `${a.peak_distance.toFixed(3)} / ${a.mean_distance.toFixed(3)}`;
+}
+
 function button(label, cls, fn) {
   const b = document.createElement("button");
   b.textContent = label; b.className = cls; b.onclick = fn;
@@ -205,6 +211,7 @@ function connect() {
     const m = JSON.parse(ev.data);
     if (m.type !== "heartbeat" || state.lastSeq === null || m.seq > state.lastSeq) state.lastSeq = m.seq;
     if (m.type === "score") onScore(m);
+    else if (m.type === "alert" && m.action === "updated") updateAlertRow(m.alert);
     else if (m.type === "alert") refreshAlerts();
     else if (m.type === "stream") refreshStreams();
     else if (m.type === "heartbeat") {

@@ -24,12 +24,16 @@ def _alert_opened(msgs: list[dict[str, Any]]) -> bool:
     return any(m["type"] == "alert" and m.get("action") == "opened" for m in msgs)
 
 
+def _alert_updated(msgs: list[dict[str, Any]]) -> bool:
+    return any(m["type"] == "alert" and m.get("action") == "updated" for m in msgs)
+
+
 def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
         tiny_model: Path, profiles_dir: Path, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = live_config(tmp_path, streams=[
         {"name": "cam1", "url": str(clip(SPEECH_CLIP)), "profile": "always", "realtime": False}])
     with running_server(cfg, tiny_model, profiles_dir) as srv:
-        msgs = asyncio.run(collect_events(srv.ws_url, _alert_opened, since=0, timeout=120))
+        msgs = asyncio.run(collect_events(srv.ws_url, _alert_updated, since=0, timeout=120))
         with srv.client() as http:
             alerts = http.get("/api/alerts").json()
             streams = http.get("/api/streams").json()
@@ -45,6 +49,10 @@ def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
     assert alert["peak_distance"] >= alert["mean_distance"] and alert["scores"]
     assert alert["thumbnail_jpeg"] and alert["thumbnail_jpeg"].startswith("/9j/")  # base64 of a JPEG
     assert [a["id"] for a in alerts] == [alert["id"]] or alert["id"] in [a["id"] for a in alerts]
+    # while the episode goes on, each window updates it: peak, mean and count, not the evidence again
+    updated = next(m["alert"] for m in msgs if m["type"] == "alert" and m["action"] == "updated")
+    assert updated["id"] == alert["id"] and updated["n_windows"] == alert["n_windows"] + 1
+    assert "scores" not in updated and "thumbnail_jpeg" not in updated
     assert streams[0]["name"] == "cam1" and streams[0]["health"]["windows"] >= 1
 
     # a restart on the same database: the alert, the event log and its seq are still there
