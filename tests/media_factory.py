@@ -106,27 +106,33 @@ def faststart_remux(src: Path, dest: Path) -> Path:
     return dest
 
 
-def dub_remux(video_src: Path, audio_src: Path, dest: Path) -> Path:
+def dub_remux(video_src: Path, audio_src: Path, dest: Path, repeat: int = 1) -> Path:
     """``video_src``'s video with ``audio_src``'s audio (stream copies, no re-encoding), cut
-    to the video's duration: what a dubbing attack hands to a call."""
+    to the video's duration and played ``repeat`` times in a row with continuous
+    timestamps: what a dubbing attack hands to a call."""
     with av.open(str(video_src)) as vin_c, av.open(str(audio_src)) as ain_c, av.open(str(dest), "w") as out:
         vin, ain = vin_c.streams.video[0], ain_c.streams.audio[0]
         vout, aout = out.add_stream_from_template(vin), out.add_stream_from_template(ain)
-        end = 0.0
-        for packet in vin_c.demux(vin):
-            if packet.dts is None:
-                continue
-            if packet.pts is not None and packet.time_base is not None:
-                end = max(end, float(packet.pts * packet.time_base))
-            packet.stream = vout
-            out.mux(packet)
-        for packet in ain_c.demux(ain):
-            if packet.dts is None:
-                continue
-            if packet.pts is not None and packet.time_base is not None and packet.pts * packet.time_base > end:
-                break
-            packet.stream = aout
-            out.mux(packet)
+        span = float(vin.duration * vin.time_base) if vin.duration else float(vin_c.duration or 0) / 1e6
+        end: dict[str, int] = {}  # per output stream: where the next pass starts (its time base)
+        for _ in range(repeat):
+            vin_c.seek(0)
+            ain_c.seek(0)
+            for container, stream, into, cut in ((vin_c, vin, vout, None), (ain_c, ain, aout, span)):
+                tb, shift, first = stream.time_base, None, True
+                for packet in container.demux(stream):
+                    if packet.dts is None or packet.pts is None:
+                        continue
+                    if cut is not None and packet.pts * tb > cut:
+                        break
+                    if first:  # each pass continues where the last one ended
+                        shift, first = end.get(stream.type, packet.dts) - packet.dts, False
+                    assert shift is not None
+                    packet.pts += shift
+                    packet.dts += shift
+                    end[stream.type] = packet.dts + max(int(packet.duration or 0), 1)
+                    packet.stream = into
+                    out.mux(packet)
     return dest
 
 

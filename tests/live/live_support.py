@@ -107,8 +107,10 @@ async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: 
 
 
 async def publish_whip(url: str, media: Path, *, token: str | None = TOKEN, seconds: float = 60,
-                   until: Any = None, ws_url: str = "") -> tuple[int, dict[str, str], list[dict[str, Any]]]:
-    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile."""
+                       until: Any = None, ws_url: str = "") -> tuple[int, dict[str, str], list[dict[str, Any]]]:
+    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile.
+    (aiortc's MediaPlayer(loop=True) restarts video timestamps at each pass, a stream no
+    real publisher sends: tests that need a longer stream repeat the file's content.)"""
     import httpx
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
