@@ -256,12 +256,16 @@ app.add_typer(profiles_app, name="profiles")
 def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
                   config: ConfigOpt = None) -> None:
     """List enrolled profiles."""
-    from profiles.store import ProfileStore
+    from profiles.store import ProfileError, ProfileStore
 
     store = ProfileStore(profiles or load_cli_config(config).profiles_dir)
-    rows = []
+    rows: list[dict[str, object]] = []
     for n in store.names():
-        p = store.load(n)
+        try:
+            p = store.load(n)
+        except ProfileError as err:  # one unreadable profile must not hide the others
+            rows.append({"name": n, "error": str(err)})
+            continue
         rows.append({"name": n, "created": p.created, "references": len(p.references),
                      "reference_s": round(sum(r.duration_s for r in p.references), 1),
                      "threshold": round(p.calibration.threshold, 4), "base_model": p.base_model_sha256[:12]})
@@ -271,8 +275,11 @@ def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.O
         print(f"no profiles in {store.root}")
     else:
         for r in rows:
-            print(f"{r['name']:<24} {r['created']}  {r['references']} refs, {r['reference_s']} s, "
-                  f"threshold {r['threshold']}, base {r['base_model']}")
+            if "error" in r:
+                print(f"{r['name']:<24} UNUSABLE: {r['error']}")
+            else:
+                print(f"{r['name']:<24} {r['created']}  {r['references']} refs, {r['reference_s']} s, "
+                      f"threshold {r['threshold']}, base {r['base_model']}")
 
 
 @profiles_app.command("show")

@@ -67,6 +67,14 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
 
     r = run_cli("profiles", "list", "--json", "--profiles", profiles)
     assert [p["name"] for p in json.loads(r.stdout)] == ["alice"]
+    # a profile of an older format is listed as unusable, without hiding the others
+    old = profiles / "oldbob"
+    old.mkdir()
+    (old / "profile.json").write_text(json.dumps({"format": 1, "name": "oldbob"}))
+    r = run_cli("profiles", "list", "--profiles", profiles)
+    assert r.returncode == 0 and "alice" in r.stdout and "oldbob" in r.stdout and "re-enroll" in r.stdout
+    r = run_cli("profiles", "delete", "oldbob", "--profiles", profiles)
+    assert r.returncode == 0, r.stderr
     r = run_cli("profiles", "show", "alice", "--profiles", profiles)
     meta = json.loads(r.stdout)
     assert meta["references"][0]["sha256"] and meta["calibration"]["threshold"] is not None
