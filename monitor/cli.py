@@ -208,7 +208,8 @@ def enroll(
     profiles: ProfilesOpt = None,
     model: ModelOpt = None,
     steps: Annotated[int, typer.Option(help="Token optimisation steps.")] = 300,
-    target_far: Annotated[float, typer.Option(help="False-alarm rate per window the threshold aims at.")] = 0.01,
+    target_far: Annotated[float, typer.Option(
+        help="False-alarm rate the thresholds aim at: per window, and per smoothed window of the live policy.")] = 0.01,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing profile of that name.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -333,7 +334,7 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a clip against a profile: identity distance per window, a timeline, and the clip verdict."""
+    """Score a clip against a profile: distance per window, then the live alert policy's timeline and verdict."""
     from dataclasses import asdict
 
     from monitor.clip_scoring import score_track, timeline
