@@ -49,8 +49,30 @@ class StreamHealth:
     reconnects: int
     dropped_frames: int  # by the source queue (featurizer behind)
     skipped_windows: int  # by the feature buffer
+    behind: bool  # media was lost to overload (drops or skips) in the last BEHIND_S seconds
     windows: int
     uptime_s: float
+
+
+BEHIND_S = 10.0
+
+
+@dataclass
+class LossTracker:
+    """When media was last lost to overload: frames dropped by the source queue or windows
+    skipped by the feature buffer (both running totals). A stream is "behind" while that
+    is recent, so an operator can tell "the machine cannot keep up" from "no face"."""
+
+    window_s: float = BEHIND_S
+    seen: int = 0
+    last_loss_at: float | None = None
+
+    def update(self, total: int, now: float) -> None:
+        if total > self.seen:
+            self.seen, self.last_loss_at = total, now
+
+    def behind(self, now: float) -> bool:
+        return self.last_loss_at is not None and now - self.last_loss_at <= self.window_s
 
 
 class StreamRunner:
@@ -89,6 +111,7 @@ class StreamRunner:
         self._dropped_before = 0  # from sources of earlier connections
         self._skipped_before = 0
         self._windows = 0
+        self._losses = LossTracker()
         self._media_end = 0.0  # stream seconds reached by earlier connections
         self._stopping = False
 
@@ -106,16 +129,22 @@ class StreamRunner:
         recent = [t for t in self._frame_times if now - t <= 5.0]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         st = self.state
-        feat = self._featurizer.stats() if self._featurizer is not None else None
+        dropped, skipped = self._lost()
+        self._losses.update(dropped + skipped, now)
         return StreamHealth(
             name=self.name, kind=self.kind, url=self.url, phase=st.phase,
             stalled=wd.stalled(st, now, self._wd_settings), reason=st.reason,
             last_frame_age_s=round(now - st.last_frame_at, 3) if st.last_frame_at is not None else None,
             fps=round(fps, 2), reconnects=st.reconnects,
-            dropped_frames=self._dropped_before + (self._source.dropped if self._source is not None else 0),
-            skipped_windows=self._skipped_before + (feat.skipped_windows if feat else 0),
+            dropped_frames=dropped, skipped_windows=skipped, behind=self._losses.behind(now),
             windows=self._windows, uptime_s=round(now - self._started, 1),
         )
+
+    def _lost(self) -> tuple[int, int]:
+        """Running totals of frames dropped by the source queue and windows skipped."""
+        feat = self._featurizer.stats() if self._featurizer is not None else None
+        return (self._dropped_before + (self._source.dropped if self._source is not None else 0),
+                self._skipped_before + (feat.skipped_windows if feat else 0))
 
     def thumbnail(self) -> str | None:
         """Base64 JPEG of the newest frame with a face (alert evidence)."""
@@ -209,6 +238,7 @@ class StreamRunner:
             if isinstance(item, VideoFrame):
                 now = time.monotonic()
                 self._frame_times.append(now)
+                self._losses.update(sum(self._lost()), now)
                 self._set_state(wd.on_frame(self.state, now, self._wd_settings))
             windows = await loop.run_in_executor(self._pool, feat.push, item)
             self._emit(windows)

@@ -97,3 +97,17 @@ def test_a_looped_file_restarts_at_once_and_never_fails() -> None:
     # a real failure of a looped file still counts
     st = wd.on_end(st, 200.0, loop, "cannot decode")
     assert not st.planned and st.failures == 1 and wd.decide(st, 200.0, loop).action is Action.NONE
+
+
+def test_a_stream_is_behind_while_media_was_lost_recently() -> None:
+    from monitor.stream_runner import LossTracker
+
+    t = LossTracker(window_s=10.0)
+    t.update(0, 1.0)
+    assert not t.behind(1.0)  # nothing lost yet
+    t.update(3, 2.0)  # 3 frames dropped by now
+    assert t.behind(2.0) and t.behind(12.0)
+    t.update(3, 11.0)  # no new loss: the totals only say what happened before
+    assert not t.behind(12.1)
+    t.update(4, 20.0)
+    assert t.behind(25.0) and not t.behind(30.5)

@@ -132,6 +132,7 @@ async function refreshStreams() {
       [`${h.fps.toFixed(1)} fps`, false], [`last frame ${fmtAge(h.last_frame_age_s)}`, h.stalled],
       [`reconnects ${h.reconnects}`, h.reconnects > 0], [`dropped ${h.dropped_frames}`, h.dropped_frames > 0],
       [`windows ${h.windows}`, false]];
+    if (h.behind) items.push(["falling behind", true]);
     for (const [text, bad] of items) {
       const sp = document.createElement("span"); sp.textContent = text; if (bad) sp.className = "bad"; el.appendChild(sp);
     }

@@ -186,3 +186,5 @@ def test_rtsp_stream_is_scored(rtsp_url: str, tiny_model: Path, profiles_dir: Pa
     scores = [m for m in msgs if m["type"] == "score" and m["stream"] == "door"]
     assert scored(scores), [s.get("reason") for s in scores]
     assert health["kind"] == "pull" and health["url"] == rtsp_url and health["windows"] >= 1
+    assert isinstance(health["behind"], bool)
+    assert health["behind"] or (health["dropped_frames"] == 0 and health["skipped_windows"] == 0)
