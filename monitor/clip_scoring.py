@@ -45,10 +45,7 @@ def score_track(track: FeatureTrack, profile: Profile, scorer: Scorer, hop: int 
     """Score every window, then replay the live AlertPolicy (the default one unless given) over
     them with the profile's thresholds, so a file gets the verdict a live stream would."""
     windows = windows_of(track, scorer.model.cfg.window, hop)
-    scores: list[Score] = []
-    for i in range(0, len(windows), batch):
-        chunk = windows[i : i + batch]
-        scores += scorer.score(chunk, [profile.tokens] * len(chunk), [profile.name] * len(chunk))
+    scores = scorer.score_batched(windows, [profile.tokens] * len(windows), [profile.name] * len(windows), batch)
     dists = [s.distance for s in scores if s.distance is not None]
     over = float(np.mean([d > profile.calibration.threshold for d in dists])) if dists else 0.0
     policy = policy or AlertPolicy()

@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from monitor.errors import ConfigError
 
-APP_NAME = "expose"
-
-
 if TYPE_CHECKING:
     from monitor.alerts import AlertPolicy
+
+APP_NAME = "expose"
 
 
 class _Strict(BaseModel):

@@ -124,6 +124,15 @@ class Scorer:
                                    err_subject=float(e_sub.mean()), err_null=float(e_null.mean()))
         return [results[i] for i in range(len(windows))]
 
+    def score_batched(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str],
+                      batch: int = 32) -> list[Score]:
+        """score() in chunks of ``batch`` windows: bounds memory; a window's score does not
+        depend on what else is in its batch."""
+        out: list[Score] = []
+        for i in range(0, len(windows), batch):
+            out += self.score(windows[i : i + batch], tokens[i : i + batch], profiles[i : i + batch])
+        return out
+
     def _errors(self, windows: list[Window], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(times, draws, W, 3) reconstruction errors over all channels and over the mouth
         channels; branches: subject, null, subject with shifted audio."""

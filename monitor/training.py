@@ -30,14 +30,15 @@ from safetensors.torch import load_file, save_file
 from monitor.corpus import TrackArrays
 from monitor.diffusion import add_noise
 from monitor.model import Exam, ModelConfig, save_model
-from monitor.scorer import Scorer
+from monitor.scorer import Scorer, ScoreSettings
+from monitor.smoothing import empirical_sd_ratios, overlap_sd_ratios
 from monitor.track import SPEECH_THRESHOLD
 from monitor.windows import Window, center_expression
 
 log = logging.getLogger(__name__)
 
-SCORE_TIMES = (0.3, 0.5, 0.7)
-EXPR_SCALE_FLOOR = 0.02  # diffusion times used for validation (and scoring)
+SCORE_TIMES = ScoreSettings().times  # diffusion times used for validation: the scorer's
+EXPR_SCALE_FLOOR = 0.02
 
 
 @dataclass(frozen=True)
@@ -294,10 +295,7 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
 
 
 def _term_scores(scorer: Scorer, windows: list[Window], tokens: list[torch.Tensor]) -> np.ndarray:
-    out = []
-    for i in range(0, len(windows), 32):
-        for sc in scorer.score(windows[i : i + 32], tokens[i : i + 32], ["val"] * len(windows[i : i + 32])):
-            out.append((sc.identity, sc.sync))
+    out = [(sc.identity, sc.sync) for sc in scorer.score_batched(windows, tokens, ["val"] * len(windows))]
     return np.array(out, dtype=np.float64)  # (N, 2): identity, sync
 
 
@@ -310,7 +308,6 @@ def fit_score_weights(model: Exam, windows: list[tuple[Window, int]]) -> dict[st
     same windows: impostor (another identity's tokens) and dub (another window's audio).
     """
     from monitor.evaluation import roc_auc
-    from monitor.scorer import Scorer, ScoreSettings
 
     scorer = Scorer(model, ScoreSettings(min_face=0.0, min_speech=0.0))
     ws = [w for w, _ in windows]
@@ -357,9 +354,6 @@ def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[Track
     """sd(mean of n consecutive windows) / sd(one window) of the fused distance on the
     training identities' recordings with their own tokens (monitor/smoothing.py); the
     overlap bound where the recordings are too short to measure it."""
-    from monitor.scorer import Scorer, ScoreSettings
-    from monitor.smoothing import empirical_sd_ratios, overlap_sd_ratios
-
     length = model.cfg.window
     scorer = Scorer(model, ScoreSettings(w_identity=float(weights["identity"]),  # type: ignore[arg-type]
                                          w_sync=float(weights["sync"])))  # type: ignore[arg-type]
@@ -371,14 +365,13 @@ def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[Track
         ws = tr.windows(0, len(tr), length, hop)
         tok = model.id_tokens[index[tr.identity]].detach()
         run: list[float] = []
-        for i in range(0, len(ws), 32):
-            for sc in scorer.score(ws[i : i + 32], [tok] * len(ws[i : i + 32]), ["cal"] * len(ws[i : i + 32])):
-                if sc.distance is None:  # a gap ends a run of consecutive windows
-                    if run:
-                        series.append(np.array(run))
-                    run = []
-                else:
-                    run.append(sc.distance)
+        for sc in scorer.score_batched(ws, [tok] * len(ws), ["cal"] * len(ws)):
+            if sc.distance is None:  # a gap ends a run of consecutive windows
+                if run:
+                    series.append(np.array(run))
+                run = []
+            else:
+                run.append(sc.distance)
         if run:
             series.append(np.array(run))
     bound = overlap_sd_ratios(length, hop)

@@ -119,15 +119,14 @@ def dub_remux(video_src: Path, audio_src: Path, dest: Path, repeat: int = 1) -> 
             vin_c.seek(0)
             ain_c.seek(0)
             for container, stream, into, cut in ((vin_c, vin, vout, None), (ain_c, ain, aout, span)):
-                tb, shift, first = stream.time_base, None, True
+                tb, shift = stream.time_base, None
                 for packet in container.demux(stream):
                     if packet.dts is None or packet.pts is None:
                         continue
                     if cut is not None and packet.pts * tb > cut:
                         break
-                    if first:  # each pass continues where the last one ended
-                        shift, first = end.get(stream.type, packet.dts) - packet.dts, False
-                    assert shift is not None
+                    if shift is None:  # each pass continues where the last one ended
+                        shift = end.get(stream.type, packet.dts) - packet.dts
                     packet.pts += shift
                     packet.dts += shift
                     end[stream.type] = packet.dts + max(int(packet.duration or 0), 1)
