@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/expose")
     ap.add_argument("--face-model", type=Path, default=SHARED / "models/face_landmarker.task")
     ap.add_argument("--enroll-steps", type=int, default=300)
+    ap.add_argument("--enroll-session-gain", type=float, default=None,
+                    help="session-gain augmentation at enrollment (default: the base model's training value)")
     ap.add_argument("--json", type=Path, help="write the full results here")
     args = ap.parse_args()
 
@@ -144,7 +146,8 @@ def main() -> None:
     for name, tracks in enroll_tracks.items():
         refs = [(TrackArrays.of(t, name), Reference(t.source, t.media_sha256, t.duration, 0)) for t in tracks]
         t0 = time.perf_counter()
-        profiles[name] = enroll(name, base, refs, EnrollConfig(steps=args.enroll_steps))
+        ecfg = EnrollConfig(steps=args.enroll_steps, session_gain=args.enroll_session_gain)
+        profiles[name] = enroll(name, base, refs, ecfg)
         enroll_s[name] = (time.perf_counter() - t0, sum(t.duration for t in tracks))
         stats = [window_stats(t, length, 8) for t in tracks]
         cuts = [int(len(s) * 0.75) for s in stats]

@@ -137,6 +137,8 @@ def train(
     patience: Annotated[int, typer.Option(help="Validations without improvement before stopping.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]; CUDA trains in bf16 mixed precision.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed (sampling, init, noise).")] = 0,
+    session_gain: Annotated[float, typer.Option(
+        help="Augmentation: sd of a per-window, per-channel random log gain (simulated session change).")] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -162,7 +164,7 @@ def train(
         task = bar.add_task("features", total=len(items))
         tracks = load_tracks(items, cache, on_item=lambda *_: bar.advance(task))
     tcfg = TrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
-                       device=device, seed=seed)
+                       device=device, seed=seed, session_gain=session_gain)
     mcfg = ModelConfig(**PRESETS[preset])
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),

@@ -58,6 +58,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int = 8  # evaluations without improvement before stopping
     time_warp: float = 0.1
+    session_gain: float = 0.0  # sd of a per-window, per-channel log gain (simulated camera/session change)
     seed: int = 0
     device: str = "auto"
 
@@ -101,6 +102,7 @@ class WindowSampler:
     length: int
     rng: np.random.Generator
     time_warp: float = 0.0
+    session_gain: float = 0.0
     weights: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +147,12 @@ class WindowSampler:
             start = int(seg.starts[self.rng.integers(len(seg.starts))])
             idx = self._indices(seg, start)
             mask = seg.track.face_mask[idx]
-            xs.append(center_expression(seg.track.expression[idx], mask))
+            x = center_expression(seg.track.expression[idx], mask)
+            if self.session_gain > 0:
+                # Another camera or session scales each channel's motion differently; the
+                # tokens should not depend on the exact amplitudes of one recording.
+                x = x * np.exp(self.rng.normal(0.0, self.session_gain, x.shape[1])).astype(x.dtype)
+            xs.append(x)
             ms.append(mask)
             auds.append(seg.track.audio[idx])
             negs.append(self._negative_audio(seg, start))
@@ -160,12 +167,12 @@ class WindowSampler:
 
     def fixed(self, n: int, seed: int) -> WindowBatch:
         """A reproducible set of up to n windows (for validation)."""
-        saved, saved_warp = self.rng, self.time_warp
-        self.rng, self.time_warp = np.random.default_rng(seed), 0.0
+        saved = self.rng, self.time_warp, self.session_gain
+        self.rng, self.time_warp, self.session_gain = np.random.default_rng(seed), 0.0, 0.0
         try:
             return self.sample(min(n, max(self.n_windows, 1)))
         finally:
-            self.rng, self.time_warp = saved, saved_warp
+            self.rng, self.time_warp, self.session_gain = saved
 
 
 def corpus_statistics(sampler: WindowSampler, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -435,7 +442,7 @@ def train(
         raise ValueError("no training identity left after the hold-out")
     model_cfg = ModelConfig(**{**asdict(model_cfg), "n_identities": len(identities)})
     train_s, seen_s, unseen_s, skipped = split_segments(tracks, identities, set(holdout), cfg, model_cfg.window)
-    sampler = WindowSampler(train_s, model_cfg.window, rng, cfg.time_warp)
+    sampler = WindowSampler(train_s, model_cfg.window, rng, cfg.time_warp, cfg.session_gain)
     def fixed_set(segs: list[Segment], seed: int) -> WindowBatch | None:
         return WindowSampler(segs, model_cfg.window, rng).fixed(256, seed) if any(len(s.starts) for s in segs) else None
 

@@ -44,6 +44,9 @@ class EnrollConfig:
     calib_hop: int = 4  # frames between calibration windows
     min_std: float = 0.05  # floor on the genuine spread: a handful of windows underestimates it
     min_calibration_windows: int = 8
+    # sd of the per-channel log gain applied to reference windows (monitor/training.py);
+    # None: the base model's own training value, so tokens meet the variation the base saw
+    session_gain: float | None = None
     seed: int = 0
 
 
@@ -88,7 +91,9 @@ def enroll(
         raise EnrollError(
             f"no usable reference window: need {length / 25:.1f} s stretches with a face on "
             f">={100 * cfg.min_face:.0f}% and speech on >={100 * cfg.min_speech:.0f}% of frames")
-    sampler = WindowSampler(segments, length, rng, time_warp=0.05)
+    gain = cfg.session_gain if cfg.session_gain is not None else float(
+        (base.meta.get("train") or {}).get("session_gain", 0.0))
+    sampler = WindowSampler(segments, length, rng, time_warp=0.05, session_gain=gain)
 
     tokens = torch.nn.Parameter(model.null_tokens.detach().clone()
                                 + 0.01 * torch.randn(model.null_tokens.shape, generator=gen))
@@ -146,7 +151,7 @@ def enroll(
         name=name, base_model_sha256=base.sha256,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         references=[r for _, r in references], calibration=calib,
-        enroll={"config": asdict(cfg), "score_settings": asdict(score_settings),
+        enroll={"config": {**asdict(cfg), "session_gain": gain}, "score_settings": asdict(score_settings),
                 "train_windows": sampler.n_windows, "seconds": round(train_s, 2),
                 "final_loss": loss.item(), "calibration_source": calib_source},
         tokens=tok,

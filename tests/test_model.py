@@ -66,6 +66,24 @@ def test_center_expression_removes_session_offsets() -> None:
     assert np.all(center_expression(motion, mask)[:10] == 0)
 
 
+def test_session_gain_scales_each_channel_and_spares_validation() -> None:
+    from monitor.training import Segment, WindowSampler
+
+    rng = np.random.default_rng(0)
+    n = 200
+    tr = TrackArrays("a", "synthetic", rng.normal(size=(n, 58)).astype(np.float32), np.ones(n, dtype=bool),
+                     rng.normal(size=(n, AUDIO_DIM)).astype(np.float32), np.ones(n, dtype=np.float32))
+    seg = [Segment(tr, 0, 0, n, np.array([10]))]  # one start: every draw is the same window
+    plain = WindowSampler(seg, 64, np.random.default_rng(1)).sample(4).x0.numpy()
+    aug = WindowSampler(seg, 64, np.random.default_rng(1), session_gain=0.3)
+    x = aug.sample(4).x0.numpy()
+    gains = x / plain  # one gain per (window, channel), constant over time
+    np.testing.assert_allclose(gains, gains[:, :1].repeat(64, axis=1), rtol=1e-4)
+    g = np.log(gains[:, 0])
+    assert 0.1 < g.std() < 0.6 and not np.allclose(g[0], g[1])  # channels and windows differ
+    np.testing.assert_array_equal(aug.fixed(4, seed=3).x0.numpy(), plain[:1])  # validation: never augmented
+
+
 def test_checkpoint_round_trip_and_bad_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = Exam(TINY)
