@@ -119,7 +119,7 @@ def enroll(
 
     def terms(windows: list[Window]) -> np.ndarray:
         """(N, 2): distance and identity term of the scored windows."""
-        scores = scorer.score(windows, [tok] * len(windows), [name] * len(windows))
+        scores = scorer.score_batched(windows, [tok] * len(windows), [name] * len(windows))
         return np.array([(s.distance, s.identity) for s in scores if s.distance is not None]).reshape(-1, 2)
 
     d = terms(calib_windows)
