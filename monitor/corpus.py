@@ -85,17 +85,28 @@ class TrackArrays:
     face_mask: np.ndarray  # (N,)
     audio: np.ndarray  # (N, AUDIO_DIM)
     speech: np.ndarray  # (N,)
+    observed: np.ndarray = None  # type: ignore[assignment]  # (N,) bool; None -> face_mask
+
+    def __post_init__(self) -> None:
+        if self.observed is None:
+            object.__setattr__(self, "observed", self.face_mask)
 
     @classmethod
     def of(cls, track: FeatureTrack, identity: str) -> TrackArrays:
         return cls(identity, track.source, track.expression, track.face_mask, audio_rows(track),
-                   track.speech)
+                   track.speech, track.observed)
 
     def __len__(self) -> int:
         return len(self.face_mask)
 
+    def slice(self, lo: int, hi: int) -> TrackArrays:
+        """Rows [lo, hi) as arrays of their own."""
+        return TrackArrays(self.identity, f"{self.source}[{lo}:{hi}]", self.expression[lo:hi],
+                           self.face_mask[lo:hi], self.audio[lo:hi], self.speech[lo:hi], self.observed[lo:hi])
+
     def window(self, start: int, length: int) -> Window:
-        return slice_window(self.source, self.expression, self.audio, self.face_mask, self.speech, start, length)
+        return slice_window(self.source, self.expression, self.audio, self.face_mask, self.speech, self.observed,
+                            start, length)
 
     def windows(self, lo: int, hi: int, length: int, hop: int) -> list[Window]:
         """Windows starting every ``hop`` frames in [lo, hi - length]."""

@@ -30,7 +30,7 @@ from monitor.track import FORMAT_VERSION, FeatureTrack
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes extracted values changes; it keys the feature cache.
-EXTRACTOR_REVISION = 2
+EXTRACTOR_REVISION = 3  # 3: tracks record which ticks were observed (not interpolated)
 MAX_INTERPOLATED_GAP = 3
 
 Progress = Callable[[float], None]  # called with seconds of media processed so far
@@ -62,15 +62,17 @@ class _Timeline:
         self.rows.append(row)
         self.last_tick = tick
 
-    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(expression, face_mask, observed): face_mask includes interpolated ticks."""
         rows = (self.rows + [None] * n)[:n]
         expr = np.zeros((n, EXPRESSION_DIM), dtype=np.float32)
         mask = np.zeros(n, dtype=bool)
         for k, r in enumerate(rows):
             if r is not None:
                 expr[k], mask[k] = r, True
+        observed = mask.copy()
         interpolate_gaps(expr, mask, [r is None for r in rows])
-        return expr, mask
+        return expr, mask, observed
 
 
 def interpolate_gaps(expr: np.ndarray, mask: np.ndarray, missing: list[bool]) -> None:
@@ -135,13 +137,14 @@ def extract_track(
                     source, last_video_t, header)
     frame_step = float(np.median(intervals)) if intervals else 1.0 / FPS
     n = max(1, int(round((last_video_t + frame_step) * FPS)))
-    expr, mask = timeline.finish(n)
+    expr, mask, observed = timeline.finish(n)
     samples = _assemble_audio(audio_parts)
     if has_audio and require_audio and samples.size == 0:
         raise MediaError(f"{source}: the audio stream holds no decodable samples")
     return FeatureTrack(
         expression=expr,
         face_mask=mask,
+        observed=observed,
         mel=log_mel(samples, n),
         speech=speech_activity(samples, n),
         phones=phone_posteriors(samples, n),

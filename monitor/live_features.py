@@ -204,9 +204,10 @@ class StreamFeaturizer:
             missing.append(r is None)
             if r is not None:
                 expr[i], mask[i] = r, True
+        observed = mask.copy()
         interpolate_gaps(expr, mask, missing)
         a, b = s - lo, e - lo
-        return {"expression": expr[a:b], "face_mask": mask[a:b]}
+        return {"expression": expr[a:b], "face_mask": mask[a:b], "observed": observed[a:b]}
 
     def _audio_rows(self, s: int, e: int) -> dict[str, np.ndarray]:
         pre = min(self._pre, s)

@@ -42,6 +42,9 @@ class FeatureTrack:
     fps: int = FPS
     # (N, 40) float32 phone fractions per frame (monitor.phones); None at construction -> all silence
     phones: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # (N,) bool: a face was landmarked on a frame of this tick (face_mask minus interpolated
+    # ticks); reconstruction errors count only these. None at construction -> face_mask
+    observed: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         n = len(self.face_mask)
@@ -49,12 +52,15 @@ class FeatureTrack:
             sil = np.zeros((n, N_PHONES), dtype=np.float32)
             sil[:, 0] = 1.0
             object.__setattr__(self, "phones", sil)
+        if self.observed is None:
+            object.__setattr__(self, "observed", self.face_mask.copy())
         checks = {
             "expression": (self.expression.shape == (n, EXPRESSION_DIM), np.float32),
             "face_mask": (self.face_mask.shape == (n,), np.bool_),
             "mel": (self.mel.shape == (n, MELS_PER_FRAME, N_MELS), np.float32),
             "speech": (self.speech.shape == (n,), np.float32),
             "phones": (self.phones.shape == (n, N_PHONES), np.float32),
+            "observed": (self.observed.shape == (n,), np.bool_),
         }
         for name, (shape_ok, dtype) in checks.items():
             arr = getattr(self, name)
@@ -62,6 +68,8 @@ class FeatureTrack:
                 raise ValueError(f"FeatureTrack.{name}: bad shape/dtype {arr.shape} {arr.dtype} for N={n}")
         if self.fps != FPS:
             raise ValueError(f"FeatureTrack.fps must be {FPS}")
+        if (self.observed & ~self.face_mask).any():
+            raise ValueError("FeatureTrack.observed must be a subset of face_mask")
 
     def __len__(self) -> int:
         return len(self.face_mask)
@@ -93,7 +101,7 @@ class FeatureTrack:
         return dataclasses.replace(
             self, expression=self.expression[start:end], face_mask=self.face_mask[start:end],
             mel=self.mel[start:end], speech=self.speech[start:end], phones=self.phones[start:end],
-            source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
+            observed=self.observed[start:end], source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
 
     def save(self, path: Path) -> None:
         meta = {
@@ -115,6 +123,7 @@ class FeatureTrack:
             mel=self.mel.astype(np.float16),  # log-mel needs no more; halves the cache
             speech=self.speech,
             phones=self.phones.astype(np.float16),
+            observed=self.observed,
         )
         tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
 
@@ -135,6 +144,8 @@ class FeatureTrack:
                     mel=z["mel"].astype(np.float32),
                     speech=z["speech"].astype(np.float32),
                     phones=z["phones"].astype(np.float32),
+                    # files written before it existed: every face row counts as observed
+                    observed=(z["observed"] if "observed" in z.files else z["face_mask"]).astype(bool),
                     has_audio=bool(meta["has_audio"]),
                     source=str(meta.get("source", "")),
                     media_sha256=str(meta.get("media_sha256", "")),

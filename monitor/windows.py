@@ -47,12 +47,19 @@ class Window:
     t1: float
     expression: np.ndarray = field(repr=False)  # (T, 58) raw expression rows
     audio: np.ndarray = field(repr=False)  # (T, AUDIO_DIM)
-    face_mask: np.ndarray = field(repr=False)  # (T,) bool
+    face_mask: np.ndarray = field(repr=False)  # (T,) bool: a face (landmarked or interpolated)
     speech: np.ndarray = field(repr=False)  # (T,) float32 speech activity
+    # (T,) bool: rows landmarked on a real frame; the reconstruction errors count only these,
+    # so a source's frame rate (how many ticks are interpolated) does not move the scores.
+    # None -> face_mask
+    observed: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         t = len(self.face_mask)
-        if self.expression.shape[0] != t or self.audio.shape != (t, AUDIO_DIM) or self.speech.shape != (t,):
+        if self.observed is None:
+            object.__setattr__(self, "observed", self.face_mask)
+        if (self.expression.shape[0] != t or self.audio.shape != (t, AUDIO_DIM) or self.speech.shape != (t,)
+                or self.observed.shape != (t,)):
             raise ValueError("Window arrays must share their first dimension T")
         if not self.t1 > self.t0:
             raise ValueError("Window needs t1 > t0")
@@ -74,11 +81,12 @@ class Window:
 
 
 def slice_window(stream: str, expression: np.ndarray, audio: np.ndarray, face_mask: np.ndarray,
-                 speech: np.ndarray, start: int, length: int) -> Window:
+                 speech: np.ndarray, observed: np.ndarray, start: int, length: int) -> Window:
     """Rows [start, start + length) of aligned per-frame arrays as a Window."""
     end = start + length
     return Window(stream=stream, t0=start / FPS, t1=end / FPS, expression=expression[start:end],
-                  audio=audio[start:end], face_mask=face_mask[start:end], speech=speech[start:end])
+                  audio=audio[start:end], face_mask=face_mask[start:end], speech=speech[start:end],
+                  observed=observed[start:end])
 
 
 def windows_of(track: FeatureTrack, length: int, hop: int, stream: str = "") -> list[Window]:
@@ -91,4 +99,5 @@ def windows_of(track: FeatureTrack, length: int, hop: int, stream: str = "") -> 
     if starts[-1] != len(track) - length:
         starts.append(len(track) - length)
     name = stream or track.source
-    return [slice_window(name, track.expression, audio, track.face_mask, track.speech, s, length) for s in starts]
+    return [slice_window(name, track.expression, audio, track.face_mask, track.speech, track.observed, s, length)
+            for s in starts]

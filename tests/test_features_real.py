@@ -225,3 +225,24 @@ def test_late_video_start_leaves_the_first_tick_empty(clip, extract):
     track = extract(path)
     assert not track.face_mask[0]
     assert track.face_mask[1:].all()
+
+
+# share: the fraction of face ticks that get a frame of their own. The VFR clip averages
+# 22 fps but its frames bunch, so several land on one tick and only ~80 % are observed.
+@pytest.mark.parametrize("rel, share", [("real/news_anchor_zh/original.mp4", 0.80),
+                                        ("fake/news_anchor_zh/retalking.mp4", 22.131 / 25),
+                                        ("real/lrs2_00008/00008.mp4", 1.0)], ids=["vfr-22fps", "22.131fps", "25fps"])
+def test_observed_marks_the_ticks_a_frame_landed_on(rel, share, clip, extract):
+    """Below 25 fps some ticks get no frame: they are interpolated (face_mask) but not
+    observed, so no reconstruction error is counted on them."""
+    path = clip(rel)
+    track = extract(path)
+    with av.open(str(path)) as c:
+        origin = c.start_time / av.time_base if c.start_time is not None else 0.0
+        ticks = {int(np.floor((float(f.time) - origin) * 25 + 0.5)) for f in c.decode(video=0)}
+    landed = np.zeros(len(track), dtype=bool)
+    landed[[k for k in ticks if 0 <= k < len(track)]] = True
+    np.testing.assert_array_equal(track.observed, landed & track.face_mask)
+    assert not (track.observed & ~track.face_mask).any()
+    ratio = track.observed.sum() / track.face_mask.sum()
+    assert ratio == pytest.approx(share, abs=0.03)

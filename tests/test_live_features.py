@@ -43,6 +43,7 @@ def test_live_windows_equal_offline_windows(rel: str, clip, extract, feature_con
         assert w.t1 == pytest.approx(o.t1)
         # same frames, same ticks, same landmarker calls: bit-identical expressions and masks
         np.testing.assert_array_equal(w.face_mask, o.face_mask)
+        np.testing.assert_array_equal(w.observed, o.observed)
         np.testing.assert_allclose(w.expression, o.expression, atol=1e-6)
         # mel frames see the same samples (the window's span plus context)
         np.testing.assert_allclose(w.audio[:, MEL], o.audio[:, MEL], atol=1e-4)

@@ -53,6 +53,7 @@ def make_track(n: int = 40, seed: int = 0, **overrides) -> FeatureTrack:
 def assert_tracks_equal(a: FeatureTrack, b: FeatureTrack) -> None:
     np.testing.assert_array_equal(a.expression, b.expression)
     np.testing.assert_array_equal(a.face_mask, b.face_mask)
+    np.testing.assert_array_equal(a.observed, b.observed)
     np.testing.assert_array_equal(a.speech, b.speech)
     # mel is stored as float16: 11 significant bits
     np.testing.assert_allclose(b.mel, a.mel, rtol=2**-11, atol=1e-6)
@@ -77,6 +78,20 @@ def test_round_trip_of_a_real_track(tmp_path, clip, extract):
     t = extract(clip("real/lrs2_00008/00008.mp4"))
     t.save(tmp_path / "real.npz")
     assert_tracks_equal(t, FeatureTrack.load(tmp_path / "real.npz"))
+
+
+def test_observed_rows_round_trip_and_default_to_the_face_mask(tmp_path):
+    mask = np.arange(40) % 5 != 0
+    seen = mask & (np.arange(40) % 3 != 0)
+    t = make_track(n=40, face_mask=mask, observed=seen)
+    t.save(tmp_path / "t.npz")
+    np.testing.assert_array_equal(FeatureTrack.load(tmp_path / "t.npz").observed, seen)
+    np.testing.assert_array_equal(t.segment(5, 20).observed, seen[5:20])
+    # a file written before `observed` existed: every face row counts as observed
+    _rewrite_npz(tmp_path / "t.npz", lambda m: m.pop("observed"))
+    np.testing.assert_array_equal(FeatureTrack.load(tmp_path / "t.npz").observed, mask)
+    with pytest.raises(ValueError, match="subset"):
+        make_track(n=40, face_mask=mask, observed=~mask)
 
 
 def test_derived_properties():
