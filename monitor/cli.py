@@ -139,6 +139,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (sampling, init, noise).")] = 0,
     session_gain: Annotated[float, typer.Option(
         help="Augmentation: sd of a per-window, per-channel random log gain (simulated session change).")] = 0.0,
+    mirror: Annotated[float, typer.Option(
+        help="Augmentation: probability of mirroring a window left-right (trains the null tokens only).")] = 0.0,
+    sync_weight: Annotated[float, typer.Option(
+        help="Weight of the sync loss (true audio must beat shifted audio by a margin on mouth/jaw).")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -164,7 +168,8 @@ def train(
         task = bar.add_task("features", total=len(items))
         tracks = load_tracks(items, cache, on_item=lambda *_: bar.advance(task))
     tcfg = TrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
-                       device=device, seed=seed, session_gain=session_gain)
+                       device=device, seed=seed, session_gain=session_gain, mirror=mirror,
+                       sync_weight=sync_weight)
     mcfg = ModelConfig(**PRESETS[preset])
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
@@ -361,8 +366,10 @@ def score(
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  insufficient: {s.reason}")
         else:
             flag = "OVER" if s.distance > thr else "    "
+            cal = profile.calibration  # identity and fit shown relative to the profile's calibration
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
-                  f"(identity {s.identity:+.4f}, sync {s.sync:+.4f})  {st}")
+                  f"(identity {s.identity - cal.identity_mean:+.4f}, sync {s.sync:+.4f}, "
+                  f"fit {s.fit - cal.fit_mean:+.4f})  {st}")
     print(f"timeline  [{timeline(res)}]  ('.' authentic, '~' suspect, '!' alert, '?' insufficient)")
     cs = "n/a" if res.clip_score is None else f"{res.clip_score:+.2f}"
     when = f"alert at {res.alert_at:.1f} s" if res.alert_at is not None else "no alert"

@@ -21,7 +21,8 @@ DEFAULT_HOP = 25  # one window per second
 def settings_for(base: LoadedModel) -> ScoreSettings:
     """Scorer settings, with the term weights chosen on validation when the model carries them."""
     w = base.meta.get("score_weights") or {}
-    return ScoreSettings(w_identity=float(w.get("identity", 1.0)), w_sync=float(w.get("sync", 1.0)))
+    return ScoreSettings(w_identity=float(w.get("identity", 1.0)), w_sync=float(w.get("sync", 1.0)),
+                         w_fit=float(w.get("fit", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,8 @@ class LiveMonitor:
                 # the threshold the smoothed distance was compared with
                 "threshold": calib.alert_threshold(len(step.state.recent)) if calib else None,
                 "z": prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
-                "identity": s.identity, "sync": s.sync, "face_ratio": s.face_ratio, "speech_ratio": s.speech_ratio,
+                "identity": s.identity, "sync": s.sync, "fit": s.fit,
+                "face_ratio": s.face_ratio, "speech_ratio": s.speech_ratio,
                 "reason": s.reason, "state": step.state.state, "latency_s": round(r.latency_s, 3),
                 "alert_id": step.state.alert.id if step.state.alert is not None else None,
             }

@@ -15,7 +15,14 @@ Two terms, each kept in the Score so a console can say why a window was flagged:
   the mouth better than the same audio out of sync. The identity
   ratio alone is blind to dubbing and lip-sync (both branches hear the same wrong
   audio); this term is not.
-``distance = w_identity * identity + w_sync * sync``; higher means less like the person.
+- ``fit`` = mean log(err_subject) over the mouth and jaw channels: how well the subject's
+  personalised model explains the mouth at all. The two ratios cancel what both of their
+  branches fail on, so a mouth that no one moves like that (the jitter and the
+  over-articulated or implausible shapes of generated lip-sync) leaves them unmoved; this
+  absolute term sees it. It depends on content and recording quality, so profiles
+  centre it on their own calibration windows (profiles/store.py).
+``distance = w_identity * identity + w_sync * sync + w_fit * fit``; higher means less like
+the person.
 
 Noise draws are generated once from a fixed seed and shared by every window, so a
 window always gets the same score whatever else is in the batch.
@@ -46,6 +53,7 @@ class ScoreSettings:
     min_speech: float = 0.2
     w_identity: float = 1.0
     w_sync: float = 1.0
+    w_fit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class Score:
     distance: float | None = None
     identity: float | None = None
     sync: float | None = None
+    fit: float | None = None
     identity_mouth: float | None = None  # the identity term on mouth/jaw channels only (diagnostic)
     err_subject: float | None = None
     err_null: float | None = None
@@ -118,10 +127,13 @@ class Scorer:
                 ident = float(torch.log(e_sub / e_null).mean())
                 ident_mouth = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 1]).mean())
                 sync = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 2]).mean())
-                dist = self.settings.w_identity * ident + self.settings.w_sync * sync
+                fit = float(torch.log(mouth[:, :, j, 0].clamp(min=1e-8)).mean())
+                st = self.settings
+                dist = st.w_identity * ident + st.w_sync * sync + st.w_fit * fit
                 results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "scored", w.face_ratio,
-                                   w.speech_ratio, distance=dist, identity=ident, sync=sync, identity_mouth=ident_mouth,
-                                   err_subject=float(e_sub.mean()), err_null=float(e_null.mean()))
+                                   w.speech_ratio, distance=dist, identity=ident, sync=sync, fit=fit,
+                                   identity_mouth=ident_mouth, err_subject=float(e_sub.mean()),
+                                   err_null=float(e_null.mean()))
         return [results[i] for i in range(len(windows))]
 
     def score_batched(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str],
@@ -141,7 +153,7 @@ class Scorer:
         n_w = len(windows)
         x0 = torch.from_numpy(np.stack([w.centered_expression() for w in windows])).to(self.device)
         audio = torch.from_numpy(np.stack([w.audio for w in windows])).to(self.device)
-        mask = torch.from_numpy(np.stack([w.face_mask for w in windows])).to(self.device)
+        mask = torch.from_numpy(np.stack([w.observed for w in windows])).to(self.device)  # errors: real frames
         x0 = m.normalize_expression(x0)  # (W, T, D)
         audio_n = m.normalize_audio(audio)
         shifted = m.encode_audio(torch.roll(audio_n, shifts=self._shift, dims=1))

@@ -14,7 +14,6 @@ identities (the last part of each recording) and, when given, held-out identitie
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from monitor.corpus import TrackArrays
 from monitor.diffusion import add_noise
+from monitor.expressions import EXPRESSION_NAMES
 from monitor.model import Exam, ModelConfig, save_model
 from monitor.scorer import Scorer, ScoreSettings
 from monitor.smoothing import empirical_sd_ratios, overlap_sd_ratios
@@ -59,6 +59,7 @@ class TrainConfig:
     patience: int = 8  # evaluations without improvement before stopping
     time_warp: float = 0.1
     session_gain: float = 0.0  # sd of a per-window, per-channel log gain (simulated camera/session change)
+    mirror: float = 0.0  # probability of mirroring a window left-right (it then trains the null tokens only)
     seed: int = 0
     device: str = "auto"
 
@@ -66,13 +67,36 @@ class TrainConfig:
 @dataclass
 class WindowBatch:
     x0: torch.Tensor  # (B, T, D) centred (not yet scaled) expressions
-    mask: torch.Tensor  # (B, T) bool
+    mask: torch.Tensor  # (B, T) bool: rows whose error counts (observed frames)
     audio: torch.Tensor  # (B, T, A)
     audio_neg: torch.Tensor  # (B, T, A): desynchronised audio for the sync term
     identity: torch.Tensor  # (B,) int64
 
     def to(self, device: torch.device) -> WindowBatch:
         return WindowBatch(*(getattr(self, f).to(device) for f in ("x0", "mask", "audio", "audio_neg", "identity")))
+
+
+def _mirror_permutation() -> tuple[np.ndarray, np.ndarray]:
+    """Channel order and signs of a left-right mirrored face: *Left and *Right blendshapes
+    swap; yaw, roll and the horizontal translation change sign."""
+    names = list(EXPRESSION_NAMES)
+    perm = np.arange(len(names))
+    for i, n in enumerate(names):
+        for a, b in (("Left", "Right"), ("Right", "Left")):
+            if n.endswith(a) and n[: -len(a)] + b in names:
+                perm[i] = names.index(n[: -len(a)] + b)
+    sign = np.ones(len(names), dtype=np.float32)
+    for n in ("yaw", "roll", "tx"):
+        sign[names.index(n)] = -1.0
+    return perm, sign
+
+
+_MIRROR_PERM, _MIRROR_SIGN = _mirror_permutation()
+
+
+def mirror_expression(x: np.ndarray) -> np.ndarray:
+    """(T, D) expression rows of the mirrored face."""
+    return x[:, _MIRROR_PERM] * _MIRROR_SIGN
 
 
 def valid_starts(tr: TrackArrays, lo: int, hi: int, length: int, min_face: float,
@@ -103,6 +127,7 @@ class WindowSampler:
     rng: np.random.Generator
     time_warp: float = 0.0
     session_gain: float = 0.0
+    mirror: float = 0.0
     weights: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,17 +171,23 @@ class WindowSampler:
             seg = self.segments[si]
             start = int(seg.starts[self.rng.integers(len(seg.starts))])
             idx = self._indices(seg, start)
-            mask = seg.track.face_mask[idx]
-            x = center_expression(seg.track.expression[idx], mask)
+            x = center_expression(seg.track.expression[idx], seg.track.face_mask[idx])
+            mask = seg.track.observed[idx]  # the loss counts frames that were really seen
             if self.session_gain > 0:
                 # Another camera or session scales each channel's motion differently; the
                 # tokens should not depend on the exact amplitudes of one recording.
                 x = x * np.exp(self.rng.normal(0.0, self.session_gain, x.shape[1])).astype(x.dtype)
+            identity = seg.identity
+            if self.mirror > 0 and self.rng.random() < self.mirror:
+                # A mirrored face is a plausible face but not this person (asymmetries flip):
+                # it enlarges what the null tokens ("anyone") learn, never an identity's tokens.
+                x = mirror_expression(x)
+                identity = -1
             xs.append(x)
             ms.append(mask)
             auds.append(seg.track.audio[idx])
             negs.append(self._negative_audio(seg, start))
-            ids.append(seg.identity)
+            ids.append(identity)
         # Where no same-recording shift exists, use another window's audio.
         neg_audio = [n if n is not None else auds[(i + 1) % batch] for i, n in enumerate(negs)]
         return WindowBatch(
@@ -167,12 +198,12 @@ class WindowSampler:
 
     def fixed(self, n: int, seed: int) -> WindowBatch:
         """A reproducible set of up to n windows (for validation)."""
-        saved = self.rng, self.time_warp, self.session_gain
-        self.rng, self.time_warp, self.session_gain = np.random.default_rng(seed), 0.0, 0.0
+        saved = self.rng, self.time_warp, self.session_gain, self.mirror
+        self.rng, self.time_warp, self.session_gain, self.mirror = np.random.default_rng(seed), 0.0, 0.0, 0.0
         try:
             return self.sample(min(n, max(self.n_windows, 1)))
         finally:
-            self.rng, self.time_warp, self.session_gain = saved
+            self.rng, self.time_warp, self.session_gain, self.mirror = saved
 
 
 def corpus_statistics(sampler: WindowSampler, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -217,7 +248,7 @@ def margin_losses(model: Exam, b: WindowBatch, t: torch.Tensor, noise: torch.Ten
         sl = slice(h, len(x0))
         other = (b.identity[sl] + torch.randint(1, n_identities, (len(x0) - h,), generator=gen
                                                 ).to(ident.device)) % n_identities
-        has_id = ~drop[sl]
+        has_id = ~drop[sl] & (b.identity[sl] >= 0)  # mirrored windows have no identity
         err_other = model.denoising_error(x0[sl], audio_h[sl], b.mask[sl], model.tokens_for(other), t[sl], noise[sl])
         id_term = torch.relu(margin + torch.log(err[sl] + 1e-6) - torch.log(err_other + 1e-6))
         id_loss = (id_term * has_id).sum() / has_id.sum().clamp(min=1)
@@ -301,56 +332,18 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
     return out
 
 
-def _term_scores(scorer: Scorer, windows: list[Window], tokens: list[torch.Tensor]) -> np.ndarray:
-    out = [(sc.identity, sc.sync) for sc in scorer.score_batched(windows, tokens, ["val"] * len(windows))]
-    return np.array(out, dtype=np.float64)  # (N, 2): identity, sync
-
-
-def fit_score_weights(model: Exam, windows: list[tuple[Window, int]]) -> dict[str, float]:
-    """Fusion weights chosen on validation windows (genuine: held-out windows of training
-    identities with their own tokens).
-
-    Each term is first divided by its genuine spread; the mixing angle between them is
-    then chosen to maximise the worse of two window-level AUCs on attacks made from the
-    same windows: impostor (another identity's tokens) and dub (another window's audio).
-    """
-    from monitor.evaluation import roc_auc
-
-    scorer = Scorer(model, ScoreSettings(min_face=0.0, min_speech=0.0))
-    ws = [w for w, _ in windows]
-    ids = [k for _, k in windows]
-    n_id = model.id_tokens.shape[0]
-    own = [model.id_tokens[k].detach() for k in ids]
-    other = [model.id_tokens[(k + 1 + j % max(n_id - 1, 1)) % n_id].detach() for j, k in enumerate(ids)]
-    dubbed = [dataclasses.replace(w, audio=ws[(j + len(ws) // 2) % len(ws)].audio) for j, w in enumerate(ws)]
-    gen = _term_scores(scorer, ws, own)
-    imp = _term_scores(scorer, ws, other)
-    dub = _term_scores(scorer, dubbed, own)
-    sd = np.maximum(gen.std(axis=0), 1e-4)
-    y = np.r_[np.zeros(len(gen)), np.ones(len(gen))]
-    best = (-1.0, 0.0)
-    for theta in np.linspace(0.0, np.pi / 2, 19):
-        w = np.array([np.cos(theta), np.sin(theta)]) / sd
-        worst = min(roc_auc(y, np.r_[gen @ w, imp @ w]), roc_auc(y, np.r_[gen @ w, dub @ w]))
-        if worst > best[0]:
-            best = (worst, theta)
-    w = np.array([np.cos(best[1]), np.sin(best[1])]) / sd
-    fused = gen @ w
-    return {"identity": float(w[0]), "sync": float(w[1]), "genuine_std": float(fused.std()),
-            "n_windows": len(gen), "mixing_angle_deg": float(np.degrees(best[1])),
-            "val_worst_auc": float(best[0]), "identity_sd": float(sd[0]), "sync_sd": float(sd[1])}
-
-
 def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig,
                         ) -> dict[str, object]:
     """Reload the best checkpoint, fit the score weights on its validation windows, measure
     how smoothing shrinks the genuine spread, re-save."""
+    from monitor.fusion import choose_weights, validation_families
     from monitor.model import load_model
 
     best = load_model(out)
     identities = best.meta["identities"]
     _, seen, _, _ = split_segments(tracks, identities, set(holdout), cfg, best.model.cfg.window)
-    weights: dict[str, object] = dict(fit_score_weights(best.model, validation_windows(seen, best.model.cfg.window)))
+    families = validation_families(best.model, validation_windows(seen, best.model.cfg.window))
+    weights: dict[str, object] = dict(choose_weights(families))
     weights["smoothing_sd_ratio"] = smoothing_ratios(best.model, weights, tracks, identities)
     save_model(best.model, out, {**best.meta, "score_weights": weights})
     return weights
@@ -363,7 +356,8 @@ def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[Track
     overlap bound where the recordings are too short to measure it."""
     length = model.cfg.window
     scorer = Scorer(model, ScoreSettings(w_identity=float(weights["identity"]),  # type: ignore[arg-type]
-                                         w_sync=float(weights["sync"])))  # type: ignore[arg-type]
+                                         w_sync=float(weights["sync"]),  # type: ignore[arg-type]
+                                         w_fit=float(weights.get("fit", 0.0))))  # type: ignore[arg-type]
     index = {n: i for i, n in enumerate(identities)}
     series: list[np.ndarray] = []
     for tr in tracks:
@@ -442,7 +436,7 @@ def train(
         raise ValueError("no training identity left after the hold-out")
     model_cfg = ModelConfig(**{**asdict(model_cfg), "n_identities": len(identities)})
     train_s, seen_s, unseen_s, skipped = split_segments(tracks, identities, set(holdout), cfg, model_cfg.window)
-    sampler = WindowSampler(train_s, model_cfg.window, rng, cfg.time_warp, cfg.session_gain)
+    sampler = WindowSampler(train_s, model_cfg.window, rng, cfg.time_warp, cfg.session_gain, cfg.mirror)
     def fixed_set(segs: list[Segment], seed: int) -> WindowBatch | None:
         return WindowSampler(segs, model_cfg.window, rng).fixed(256, seed) if any(len(s.starts) for s in segs) else None
 

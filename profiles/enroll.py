@@ -118,9 +118,10 @@ def enroll(
     tok = tokens.detach()
 
     def terms(windows: list[Window]) -> np.ndarray:
-        """(N, 2): distance and identity term of the scored windows."""
+        """(N, 3): distance, identity and fit terms of the scored windows."""
         scores = scorer.score_batched(windows, [tok] * len(windows), [name] * len(windows))
-        return np.array([(s.distance, s.identity) for s in scores if s.distance is not None]).reshape(-1, 2)
+        return np.array([(s.distance, s.identity, s.fit) for s in scores
+                         if s.distance is not None and s.identity is not None and s.fit is not None]).reshape(-1, 3)
 
     d = terms(calib_windows)
     calib_source = "held-out tail of each reference"
@@ -144,7 +145,8 @@ def enroll(
     calib = Calibration(
         n_windows=len(d), mean=mean, std=std, threshold=threshold, target_far=cfg.target_far,
         quantiles={q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.99")},
-        center=float(score_settings.w_identity * d[:, 1].mean()), scale=max(std_floor, cfg.min_std),
+        center=float(score_settings.w_identity * d[:, 1].mean() + score_settings.w_fit * d[:, 2].mean()),
+        scale=max(std_floor, cfg.min_std), identity_mean=float(d[:, 1].mean()), fit_mean=float(d[:, 2].mean()),
         smoothing_sd_ratio=[float(r) for r in ratios],
     )
     return Profile(

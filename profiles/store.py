@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from monitor.errors import ExposeError
 
-PROFILE_FORMAT = 2  # 2: calibration centre/scale (identity-only centring) and smoothing ratios
+PROFILE_FORMAT = 3  # 2: calibration centre/scale and smoothing ratios; 3: the fit term's centre
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -55,13 +55,15 @@ class Reference:
 class Calibration:
     """The profile's genuine distribution, from held-out reference windows.
 
-    A window's distance is ``w_identity * identity + w_sync * sync`` (monitor/scorer.py).
-    Only the identity term is centred per profile (``center`` = w_identity x its mean on the
-    calibration windows): how well adapter tokens fit is a property of each enrollment. The
-    sync term keeps its natural zero (the true audio explains the mouth no better than the
-    same audio out of sync): a same-session mean of it is optimistic, and centring on it made
-    genuine footage of one person and attacks on another incomparable (dev desync AUC 0.82
-    with it). ``scale`` is the model's genuine window spread, the same for every profile.
+    A window's distance is ``w_identity * identity + w_sync * sync + w_fit * fit``
+    (monitor/scorer.py). The identity and fit terms are centred per profile (``center`` =
+    w_identity x identity mean + w_fit x fit mean on the calibration windows): how well
+    adapter tokens fit, and how well the model reconstructs this person's face at all, are
+    properties of each enrollment. The sync term keeps its natural zero (the true audio
+    explains the mouth no better than the same audio out of sync): a same-session mean of it
+    is optimistic, and centring on it made genuine footage of one person and attacks on
+    another incomparable (dev desync AUC 0.82 with it). ``scale`` is the model's genuine
+    window spread, the same for every profile.
     """
 
     n_windows: int
@@ -72,6 +74,8 @@ class Calibration:
     quantiles: dict[str, float] = field(default_factory=dict)
     center: float = 0.0
     scale: float = 1.0
+    identity_mean: float = 0.0  # the identity term's mean on the calibration windows
+    fit_mean: float = 0.0  # the fit term's mean on the calibration windows
     # sd of a mean of n consecutive 1-s-hop windows / sd of one window, for n = 1, 2, ...
     smoothing_sd_ratio: list[float] = field(default_factory=lambda: [1.0])
 
@@ -94,7 +98,7 @@ class Profile:
     tokens: torch.Tensor = field(repr=False)  # (K, d_model)
 
     def normalized(self, distance: float) -> float:
-        """The distance with the profile's identity offset removed, in units of the model's
+        """The distance with the profile's centre (identity and fit offsets) removed, in units of the model's
         genuine spread: comparable across profiles (the clip score of `expose eval`)."""
         c = self.calibration
         return (distance - c.center) / max(c.scale, 1e-6)

@@ -4,6 +4,7 @@ fixed seeds; features from real corpus clips where the test needs real windows."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -119,6 +120,28 @@ def test_scores_are_deterministic_and_batch_independent(track_of) -> None:
     assert [s.distance for s in s1] == [s.distance for s in s3]
     assert s1[0].distance == pytest.approx(s2[0].distance, rel=1e-5, abs=1e-6)
     assert all(s.status == "scored" for s in s1)
+
+
+def test_interpolated_rows_do_not_count_in_the_errors(track_of) -> None:
+    """A source below 25 fps: scores come from the frames really seen, so changing what
+    was interpolated between them changes nothing."""
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    w = _windows(track_of, "real/lrs2_00016/00016.mp4")[0]
+    seen = np.ones(w.length, dtype=bool)
+    seen[1::4] = False  # every 4th tick interpolated, as at ~19 fps
+    a = dataclasses.replace(w, observed=seen)
+    expr = w.expression.copy()
+    expr[1::4] += 1.0  # other values on the unseen ticks only
+    b = dataclasses.replace(a, expression=expr)
+    tok = m.null_tokens.detach() + 0.1
+    sa, sb = Scorer(m).score([a, b], [tok, tok], ["p", "p"])
+    full = Scorer(m).score([dataclasses.replace(b, observed=np.ones(w.length, dtype=bool))], [tok], ["p"])[0]
+    assert sa.fit is not None and sb.fit is not None and full.fit is not None
+    # the model still sees the changed rows (they move its predictions a little) ...
+    assert sa.fit != sb.fit
+    # ... but counting their errors moves the score far more
+    assert abs(full.fit - sb.fit) > 5 * abs(sa.fit - sb.fit)
 
 
 def test_window_without_face_or_speech_is_insufficient() -> None:

@@ -1,0 +1,117 @@
+"""The score's terms and how they are fused: the fit term, the mirror augmentation, the
+attacks made from real validation windows, and the choice of weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.corpus import TrackArrays
+from monitor.expressions import EXPRESSION_NAMES
+from monitor.fusion import MOUTH, choose_weights, transplant, validation_families
+from monitor.model import Exam, ModelConfig
+from monitor.scorer import Scorer, ScoreSettings
+from monitor.training import Segment, WindowSampler, mirror_expression
+from monitor.windows import AUDIO_DIM, windows_of
+
+TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
+IDX = {n: i for i, n in enumerate(EXPRESSION_NAMES)}
+
+
+@pytest.fixture(scope="module")
+def real_windows(extract, clip):  # type: ignore[no-untyped-def]
+    return windows_of(extract(clip("real/lrs2_00016/00016.mp4")), TINY.window, 16)
+
+
+def test_mirror_swaps_sides_flips_yaw_and_is_its_own_inverse() -> None:
+    x = np.random.default_rng(0).normal(size=(64, 58)).astype(np.float32)
+    m = mirror_expression(x)
+    np.testing.assert_array_equal(m[:, IDX["mouthSmileLeft"]], x[:, IDX["mouthSmileRight"]])
+    np.testing.assert_array_equal(m[:, IDX["eyeBlinkRight"]], x[:, IDX["eyeBlinkLeft"]])
+    np.testing.assert_array_equal(m[:, IDX["mouthLeft"]], x[:, IDX["mouthRight"]])
+    np.testing.assert_array_equal(m[:, IDX["jawOpen"]], x[:, IDX["jawOpen"]])  # no side: kept
+    np.testing.assert_array_equal(m[:, IDX["yaw"]], -x[:, IDX["yaw"]])
+    np.testing.assert_array_equal(m[:, IDX["pitch"]], x[:, IDX["pitch"]])
+    np.testing.assert_array_equal(m[:, IDX["tx"]], -x[:, IDX["tx"]])
+    np.testing.assert_array_equal(mirror_expression(m), x)
+
+
+def test_mirrored_windows_train_only_the_null_tokens() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    tr = TrackArrays("a", "synthetic", rng.normal(size=(n, 58)).astype(np.float32), np.ones(n, dtype=bool),
+                     rng.normal(size=(n, AUDIO_DIM)).astype(np.float32), np.ones(n, dtype=np.float32))
+    seg = [Segment(tr, 2, 0, n, np.array([10]))]
+    plain = WindowSampler(seg, 64, np.random.default_rng(1)).sample(64)
+    b = WindowSampler(seg, 64, np.random.default_rng(1), mirror=0.5).sample(64)
+    flipped = b.identity.numpy() == -1
+    assert 10 < flipped.sum() < 54  # about half of them
+    assert (b.identity.numpy()[~flipped] == 2).all()
+    np.testing.assert_allclose(b.x0.numpy()[flipped], mirror_expression(plain.x0.numpy()[0])[None].repeat(
+        flipped.sum(), 0), rtol=1e-6)
+    np.testing.assert_array_equal(b.x0.numpy()[~flipped], plain.x0.numpy()[~flipped])
+
+
+def test_fit_term_is_the_subject_mouth_error_and_enters_the_distance(real_windows) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    tok = m.null_tokens.detach() + 0.1
+    ws = real_windows[:3]
+    base = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.0)).score(ws, [tok] * 3, ["p"] * 3)
+    fused = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.5)).score(ws, [tok] * 3, ["p"] * 3)
+    for a, b in zip(base, fused, strict=True):
+        assert a.fit is not None and math.isfinite(a.fit)
+        assert a.fit == pytest.approx(b.fit)
+        assert b.distance == pytest.approx(a.distance + 0.5 * a.fit, rel=1e-6, abs=1e-6)
+    # a mouth that jitters from frame to frame is explained worse, whoever it is
+    jitter = np.random.default_rng(1).normal(0, 0.15, (TINY.window, int(MOUTH.sum()))).astype(np.float32)
+    rough = [dataclasses.replace(w, expression=_with_mouth(w.expression, jitter)) for w in ws]
+    worse = Scorer(m).score(rough, [tok] * 3, ["p"] * 3)
+    assert all(r.fit > a.fit for r, a in zip(worse, base, strict=True))
+
+
+def _with_mouth(expr: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    out = expr.copy()
+    out[:, MOUTH] += delta
+    return out
+
+
+def test_transplant_takes_the_donor_mouth_and_audio_only(real_windows) -> None:  # type: ignore[no-untyped-def]
+    w, donor = real_windows[0], real_windows[-1]
+    t = transplant(w, donor)
+    np.testing.assert_array_equal(t.expression[:, MOUTH], donor.expression[:, MOUTH])
+    np.testing.assert_array_equal(t.expression[:, ~MOUTH], w.expression[:, ~MOUTH])
+    np.testing.assert_array_equal(t.audio, donor.audio)
+
+
+def test_validation_families_score_every_attack_on_the_same_windows(real_windows) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    m = Exam(TINY)
+    ws = [(w, j % 3) for j, w in enumerate(real_windows[:4])]
+    fam = validation_families(m, ws)
+    assert set(fam) == {"genuine", "impostor", "dub", "transplant"}
+    assert all(x.shape == (4, 3) and np.isfinite(x).all() for x in fam.values())
+    # the impostor rows differ from the genuine ones only through the tokens: same sync input
+    assert not np.allclose(fam["impostor"][:, 0], fam["genuine"][:, 0])
+
+
+def _families(rng: np.random.Generator, n: int = 80) -> dict[str, np.ndarray]:
+    """Synthetic terms: identity catches impostors, sync catches dubs, fit is noise."""
+    gen = rng.normal(size=(n, 3))
+    return {"genuine": gen, "impostor": rng.normal(size=(n, 3)) + [3.0, 0.0, 0.0],
+            "dub": rng.normal(size=(n, 3)) + [0.0, 3.0, 0.0], "transplant": gen + 0.1}
+
+
+def test_choose_weights_balances_the_terms_each_family_needs() -> None:
+    fam = _families(np.random.default_rng(0))
+    w = choose_weights(fam)
+    assert w["identity"] > 0.2 and w["sync"] > 0.2  # both attack families need their term
+    assert w["fit"] < min(w["identity"], w["sync"])  # noise gets the least weight
+    assert min(w["val_auc"]["impostor"], w["val_auc"]["dub"]) > 0.9 and w["val_worst_auc"] > 0.9
+    assert w["val_auc"]["transplant"] < 0.7  # reported, not optimised
+    fused = fam["genuine"] @ np.array([w[t] for t in ("identity", "sync", "fit")])
+    assert fused.std() == pytest.approx(w["genuine_std"])
