@@ -342,8 +342,9 @@ def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str],
     best = load_model(out)
     identities = best.meta["identities"]
     _, seen, _, _ = split_segments(tracks, identities, set(holdout), cfg, best.model.cfg.window)
-    families = validation_families(best.model, validation_windows(seen, best.model.cfg.window))
-    weights: dict[str, object] = dict(choose_weights(families))
+    windows = validation_windows(seen, best.model.cfg.window)
+    families = validation_families(best.model, windows)
+    weights: dict[str, object] = dict(choose_weights(families, np.array([k for _, k in windows])))
     weights["smoothing_sd_ratio"] = smoothing_ratios(best.model, weights, tracks, identities)
     save_model(best.model, out, {**best.meta, "score_weights": weights})
     return weights

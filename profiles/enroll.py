@@ -136,7 +136,8 @@ def enroll(
     weights = base.meta.get("score_weights") or {}
     dist = d[:, 0]
     # A few correlated windows underestimate the genuine spread: never go below the spread
-    # measured on the base model's validation windows (genuine footage of many people).
+    # measured on the base model's validation windows (genuine footage of many people, with
+    # the terms a profile centres centred per person: monitor/fusion.py).
     std_floor = float(weights.get("genuine_std", cfg.min_std))
     mean, std = float(dist.mean()), float(max(dist.std(), std_floor, cfg.min_std))
     z = NormalDist().inv_cdf(1 - cfg.target_far)

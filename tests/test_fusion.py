@@ -115,3 +115,22 @@ def test_choose_weights_balances_the_terms_each_family_needs() -> None:
     assert w["val_auc"]["transplant"] < 0.7  # reported, not optimised
     fused = fam["genuine"] @ np.array([w[t] for t in ("identity", "sync", "fit")])
     assert fused.std() == pytest.approx(w["genuine_std"])
+
+
+def test_genuine_spread_leaves_out_what_profiles_centre() -> None:
+    """Between-person offsets of the identity and fit terms are removed by each profile's
+    calibration, so they must not widen the spread floor; the sync term's stay."""
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(20), 6)
+    noise = rng.normal(0.0, 1.0, size=(len(groups), 3))
+    offsets = rng.normal(0.0, 5.0, size=(20, 3))[groups]
+    fams = {"genuine": noise + offsets * np.array([1.0, 0.0, 1.0]),  # big offsets in identity, fit
+            "impostor": noise + np.array([3.0, 0.0, 0.0]), "dub": noise + np.array([0.0, 3.0, 0.0])}
+    w = choose_weights(fams, groups)
+    plain = choose_weights(fams)
+    assert plain["genuine_std"] == pytest.approx(w["genuine_std_uncentred"])
+    assert w["genuine_std"] < 0.5 * w["genuine_std_uncentred"]
+    # offsets in the uncentred sync term do count
+    fams_sync = dict(fams, genuine=noise + offsets * np.array([0.0, 1.0, 0.0]))
+    ws = choose_weights(fams_sync, groups)
+    assert ws["genuine_std"] == pytest.approx(ws["genuine_std_uncentred"], rel=0.15)
