@@ -62,6 +62,7 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     r = run_cli("enroll", "alice", corpus / "real/vox_00098/clip_01.mp4", "--steps", "20", *common)
     assert r.returncode == 0, r.stderr
     assert "calibration" in r.stdout
+    enroll_stderr = r.stderr
     r = run_cli("enroll", "alice", corpus / "real/vox_00098/clip_01.mp4", *common)
     assert r.returncode == 2 and "already exists" in r.stderr
 
@@ -78,6 +79,9 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     r = run_cli("profiles", "show", "alice", "--profiles", profiles)
     meta = json.loads(r.stdout)
     assert meta["references"][0]["sha256"] and meta["calibration"]["threshold"] is not None
+    # a reference too short to hold calibration windows out is said to be, not silently used
+    short = meta["enroll"]["calibration_source"].startswith("all reference windows")
+    assert ("too short to hold out" in " ".join(enroll_stderr.split())) == short
 
     r = run_cli("score", corpus / "real/vox_00098/clip_01.mp4", "--as", "alice", "--json", *common)
     assert r.returncode == 0, r.stderr
