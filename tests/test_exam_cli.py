@@ -80,8 +80,14 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     meta = json.loads(r.stdout)
     assert meta["references"][0]["sha256"] and meta["calibration"]["threshold"] is not None
     # a reference too short to hold calibration windows out is said to be, not silently used
-    short = meta["enroll"]["calibration_source"].startswith("all reference windows")
-    assert ("too short to hold out" in " ".join(enroll_stderr.split())) == short
+    assert meta["enroll"]["calibration_source"] == "held-out tail of each reference"
+    assert "too short" not in enroll_stderr
+    # 6 s cannot hold calibration windows out: enrolled, but with a warning
+    r = run_cli("enroll", "shorty", corpus / "real/news_anchor_zh/original.mp4", "--steps", "5", *common)
+    assert r.returncode == 0, r.stderr
+    assert "too short to hold out" in " ".join(r.stderr.split()) and "reference windows" in r.stdout
+    r = run_cli("profiles", "delete", "shorty", "--profiles", profiles)
+    assert r.returncode == 0, r.stderr
 
     r = run_cli("score", corpus / "real/vox_00098/clip_01.mp4", "--as", "alice", "--json", *common)
     assert r.returncode == 0, r.stderr
@@ -89,7 +95,7 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     assert out["verdict"] in ("authentic", "suspect")
     assert all(w["status"] in ("scored", "insufficient") for w in out["windows"])
     scored = [w for w in out["windows"] if w["status"] == "scored"]
-    assert scored and all({"identity", "sync", "distance"} <= w.keys() for w in scored)
+    assert scored and all({"identity", "sync", "fit", "distance"} <= w.keys() for w in scored)
     assert all(w["state"] in ("authentic", "suspect", "alert", "insufficient") for w in out["windows"])
     assert (out["verdict"] == "suspect") == (out["alert_at"] is not None)
 
