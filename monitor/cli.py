@@ -221,7 +221,7 @@ def enroll(
     config: ConfigOpt = None,
 ) -> None:
     """Enroll a subject: learn their adapter tokens on the frozen base model and calibrate a threshold."""
-    from profiles.enroll import EnrollConfig, EnrollError
+    from profiles.enroll import CALIBRATED_ON_REFERENCE, EnrollConfig, EnrollError
     from profiles.enroll import enroll as run_enroll
     from profiles.store import ProfileStore, check_name
 
@@ -251,7 +251,7 @@ def enroll(
     print(f"enrolled {name!r} from {sum(r.duration_s for _, r in refs):.1f} s of reference in "
           f"{time.perf_counter() - t0:.1f} s -> {where}")
     n = cfg.alerts.smoothing
-    short = str(profile.enroll.get("calibration_source", "")).startswith("all reference windows")
+    short = profile.enroll.get("calibration_source") == CALIBRATED_ON_REFERENCE
     kind = "reference" if short else "held-out"
     print(f"calibration: {c.n_windows} {kind} windows, distance mean {c.mean:.4f} sd {c.std:.4f}; thresholds "
           f"{c.threshold:.4f} for one window, {c.alert_threshold(n):.4f} for the mean of {n} (live policy), "
@@ -368,12 +368,12 @@ def score(
         }))
         return
     print(f"{media} as {claimed!r}: {len(res.scores)} windows, one-window threshold {thr:.4f}")
+    cal = profile.calibration  # identity and fit shown relative to the profile's calibration
     for s, st in zip(res.scores, res.states, strict=True):
         if s.distance is None:
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  insufficient: {s.reason}")
         else:
             flag = "OVER" if s.distance > thr else "    "
-            cal = profile.calibration  # identity and fit shown relative to the profile's calibration
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
                   f"(identity {s.identity - cal.identity_mean:+.4f}, sync {s.sync:+.4f}, "
                   f"fit {s.fit - cal.fit_mean:+.4f})  {st}")

@@ -99,11 +99,6 @@ class TrackArrays:
     def __len__(self) -> int:
         return len(self.face_mask)
 
-    def slice(self, lo: int, hi: int) -> TrackArrays:
-        """Rows [lo, hi) as arrays of their own."""
-        return TrackArrays(self.identity, f"{self.source}[{lo}:{hi}]", self.expression[lo:hi],
-                           self.face_mask[lo:hi], self.audio[lo:hi], self.speech[lo:hi], self.observed[lo:hi])
-
     def window(self, start: int, length: int) -> Window:
         return slice_window(self.source, self.expression, self.audio, self.face_mask, self.speech, self.observed,
                             start, length)

@@ -44,6 +44,8 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
 )
 POSE_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll", "tx", "ty", "tz")
 EXPRESSION_NAMES: tuple[str, ...] = BLENDSHAPE_NAMES + POSE_NAMES
+# the channels the audio should explain (weighted in the loss; the sync and fit terms)
+MOUTH_CHANNELS: np.ndarray = np.array([n.startswith(("mouth", "jaw")) for n in EXPRESSION_NAMES])
 EXPRESSION_DIM = len(EXPRESSION_NAMES)  # 58
 N_BLENDSHAPES = len(BLENDSHAPE_NAMES)
 

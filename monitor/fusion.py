@@ -27,14 +27,13 @@ import numpy as np
 import torch
 
 from monitor.evaluation import roc_auc
-from monitor.expressions import EXPRESSION_NAMES
+from monitor.expressions import MOUTH_CHANNELS as MOUTH
 from monitor.model import Exam
 from monitor.scorer import Scorer, ScoreSettings
 from monitor.windows import Window
 
 TERMS = ("identity", "sync", "fit")
 CHOSEN_ON = ("impostor", "dub")
-MOUTH = np.array([n.startswith(("mouth", "jaw")) for n in EXPRESSION_NAMES])
 
 
 def transplant(w: Window, donor: Window) -> Window:
@@ -90,7 +89,6 @@ def centred_spread(gen: np.ndarray, w: np.ndarray, groups: np.ndarray) -> float 
         x = x[np.isfinite(x).all(axis=1)]
         if len(x) < 2:
             continue
-        x = x.copy()
         x[:, CENTRED] -= x[:, CENTRED].mean(axis=0)
         fused = x @ w
         # within-identity deviations, plus where the uncentred sync term puts this identity

@@ -27,7 +27,7 @@ from torch import nn
 from monitor.audio_features import MELS_PER_FRAME, N_MELS
 from monitor.diffusion import add_noise, timestep_embedding
 from monitor.errors import ExposeError
-from monitor.expressions import EXPRESSION_DIM, EXPRESSION_NAMES
+from monitor.expressions import EXPRESSION_DIM, MOUTH_CHANNELS
 from monitor.windows import AUDIO_DIM
 
 CHECKPOINT_FORMAT = "expose-exam-1"
@@ -94,9 +94,7 @@ class Exam(nn.Module):
         self.register_buffer("mel_mean", torch.zeros(N_MEL_FEATURES))
         self.register_buffer("mel_std", torch.ones(N_MEL_FEATURES))
         weights = torch.ones(cfg.expr_dim)
-        for i, name in enumerate(EXPRESSION_NAMES[: cfg.expr_dim]):
-            if name.startswith(("mouth", "jaw")):
-                weights[i] = cfg.mouth_weight
+        weights[torch.from_numpy(MOUTH_CHANNELS[: cfg.expr_dim])] = cfg.mouth_weight
         self.register_buffer("dim_weight", weights / weights.mean())
         # Mouth/jaw channels only: what the audio should explain (used by the sync term).
         self.register_buffer("mouth_weight", (weights > 1).float() / (weights > 1).float().mean().clamp(min=1e-6)

@@ -31,6 +31,10 @@ from profiles.store import Calibration, Profile, Reference
 
 log = logging.getLogger(__name__)
 
+# Where a profile's calibration windows came from (profile.json: enroll.calibration_source).
+CALIBRATED_ON_HELD_OUT = "held-out tail of each reference"
+CALIBRATED_ON_REFERENCE = "all reference windows (references too short to hold enough out)"
+
 
 @dataclass(frozen=True)
 class EnrollConfig:
@@ -124,13 +128,13 @@ def enroll(
                          if s.distance is not None and s.identity is not None and s.fit is not None]).reshape(-1, 3)
 
     d = terms(calib_windows)
-    calib_source = "held-out tail of each reference"
+    calib_source = CALIBRATED_ON_HELD_OUT
     if len(d) < cfg.min_calibration_windows:
         # References too short to hold enough out: calibrate on every reference window. The
         # tokens were fitted to them, so the mean is optimistic; the spread is floored below.
         every = [w for tr, _ in references for w in tr.windows(0, len(tr), length, cfg.calib_hop)]
         d = np.concatenate([d, terms(every)])
-        calib_source = "all reference windows (references too short to hold enough out)"
+        calib_source = CALIBRATED_ON_REFERENCE
     if len(d) == 0:
         raise EnrollError("no calibration window has enough face and speech; give longer references")
     weights = base.meta.get("score_weights") or {}
