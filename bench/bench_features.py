@@ -5,7 +5,7 @@
     python3 bench/bench_features.py --repeat 3 --json    # machine-readable
     python3 bench/bench_features.py --clips real/trump/speech_01.mp4 /path/to/any.mp4
 
-Every measurement runs ``monitor.features.extract_track`` (no feature cache) in a fresh
+Every measurement runs ``expose.monitor.features.extract.extract_track`` (no feature cache) in a fresh
 subprocess, so that peak RSS is per clip and so that the single-core run is pinned
 before any thread exists: MediaPipe's landmarker and PyAV's decoder start their own
 thread pools, which use every core they are allowed. Two runs per clip: all cores, and
@@ -48,8 +48,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     import av
 
-    import monitor.features as features
-    from monitor.config import FeatureConfig
+    import expose.monitor.features.extract as features
+    from expose.monitor.config import FeatureConfig
 
     path = Path(args.worker)
     with av.open(str(path)) as c:

@@ -7,7 +7,7 @@
 One process, the real pipeline of `expose serve` without its HTTP front: the LiveMonitor
 (PullSource -> StreamRunner with MediaPipe and the audio features -> the shared
 ScoringLoop and Scorer -> AlertPolicy -> SQLite events -> sinks), built by
-``monitor.serve.build_monitor`` from a config, with corpus clips played as live file
+``expose.monitor.api.serve.build_monitor`` from a config, with corpus clips played as live file
 streams (paced at their own frame rate, as a camera would deliver them).
 
 1. Capacity: 1, 2, 3, ... streams at once (fresh streams per level, each claiming one
@@ -23,7 +23,7 @@ streams (paced at their own frame rate, as a camera would deliver them).
    sampled every 2 s: steady-state growth per stream and the drift over the run (a leak
    shows as a steady slope). RSS per capacity level gives the marginal cost of a stream too.
 
-Instrumentation only: ``monitor.live.PullSource`` is replaced by a subclass that notes
+Instrumentation only: ``expose.monitor.live.monitor.PullSource`` is replaced by a subclass that notes
 when each video frame is delivered and taken (the same calls, timed), as
 bench_features.py times the landmarker.
 
@@ -110,9 +110,9 @@ REC = Recorder()
 
 
 def install_timed_source() -> None:
-    import monitor.live as live
-    from monitor.media import VideoFrame
-    from monitor.sources import PullSource
+    import expose.monitor.live.monitor as live
+    from expose.monitor.media.reader import VideoFrame
+    from expose.monitor.media.sources import PullSource
 
     class TimedPullSource(PullSource):
         def _deliver(self, item: Any, error: Exception | None = None) -> None:  # decode thread
@@ -186,9 +186,9 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     """(config, model path, model description); writes the bench profile under tmp."""
     import torch
 
-    from monitor.config import Config
-    from monitor.model import Exam, ModelConfig, load_model, save_model
-    from profiles.store import Calibration, Profile, ProfileStore
+    from expose.monitor.config import Config
+    from expose.monitor.model.exam import Exam, ModelConfig, load_model, save_model
+    from expose.profiles.store import Calibration, Profile, ProfileStore
 
     face = args.face_model or Path(os.environ.get("EXPOSE_FACE_MODEL") or SHARED / "models" / "face_landmarker.task")
     cfg = Config.model_validate({"features": {"face_model": str(face)}, "profiles_dir": str(tmp / "profiles"),
@@ -227,7 +227,7 @@ def source_fps(path: Path, at_least_s: float) -> float:
 # ---- the phases ---------------------------------------------------------------------------
 
 async def add_streams(monitor: Any, clip: Path, prefix: str, n: int, tmp: Path, loop: bool) -> list[tuple[str, str]]:
-    from monitor.config import StreamConfig
+    from expose.monitor.config import StreamConfig
 
     out = []
     for i in range(n):
@@ -340,7 +340,7 @@ async def run_memory(monitor: Any, sink: ScoreSink, n: int, clip: Path, args: ar
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from monitor.serve import build_monitor
+    from expose.monitor.api.serve import build_monitor
 
     started = time.monotonic()
     clip = (args.corpus / args.clip).resolve() if not Path(args.clip).is_absolute() else Path(args.clip)
@@ -444,7 +444,6 @@ def report(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     t_main = time.monotonic()
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -15,25 +15,24 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from expose.monitor.config import STARTER_MODEL, FeatureConfig
+from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.windows import windows_of
+from expose.monitor.model.exam import load_model
+from expose.monitor.model.scorer import (
+    Scorer,
+    settings_for,
+)
+from expose.monitor.training.corpus import TrackArrays
+from expose.profiles.enroll import EnrollConfig, enroll
+from expose.profiles.store import Reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from monitor.clip_scoring import settings_for  # noqa: E402
-from monitor.config import STARTER_MODEL, FeatureConfig  # noqa: E402
-from monitor.corpus import TrackArrays  # noqa: E402
-from monitor.feature_cache import FeatureCache  # noqa: E402
-from monitor.model import load_model  # noqa: E402
-from monitor.scorer import Scorer  # noqa: E402
-from monitor.windows import windows_of  # noqa: E402
-from profiles.enroll import EnrollConfig, enroll  # noqa: E402
-from profiles.store import Reference  # noqa: E402
-
 SHARED = ROOT.parent / "shared"
 
 

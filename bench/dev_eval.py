@@ -29,28 +29,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from expose.monitor.alerts.policy import AlertPolicy, PolicySettings
+from expose.monitor.config import AlertSection, FeatureConfig
+from expose.monitor.evaluation.clips import score_track
+from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.track import FeatureTrack
+from expose.monitor.features.windows import center_expression, windows_of
+from expose.monitor.metrics import roc_auc
+from expose.monitor.model.exam import load_model
+from expose.monitor.model.scorer import Scorer, settings_for
+from expose.monitor.training.corpus import TrackArrays
+from expose.profiles.enroll import EnrollConfig, enroll
+from expose.profiles.store import Profile, Reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from monitor.clip_scoring import score_track, settings_for  # noqa: E402
-from monitor.config import AlertSection, FeatureConfig  # noqa: E402
-from monitor.corpus import TrackArrays  # noqa: E402
-from monitor.evaluation import roc_auc  # noqa: E402
-from monitor.feature_cache import FeatureCache  # noqa: E402
-from monitor.model import load_model  # noqa: E402
-from monitor.scorer import Scorer  # noqa: E402
-from monitor.track import FeatureTrack  # noqa: E402
-from monitor.windows import center_expression, windows_of  # noqa: E402
-from profiles.enroll import EnrollConfig, enroll  # noqa: E402
-from profiles.store import Profile, Reference  # noqa: E402
-
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpus"
 # identity -> (enrollment clips, test clips); a single clip is split in time (60 % / 40 %).
@@ -89,7 +87,7 @@ def desync(track: FeatureTrack, frames: int) -> FeatureTrack:
 
 # ---- baseline: per-person statistics of the same features, one-class Gaussian ----------
 def window_stats(track: FeatureTrack, length: int, hop: int) -> np.ndarray:
-    from monitor.expressions import EXPRESSION_NAMES
+    from expose.monitor.features.expressions import EXPRESSION_NAMES
 
     jaw = EXPRESSION_NAMES.index("jawOpen")
     feats = []
@@ -149,7 +147,7 @@ def main() -> None:
         enroll_tracks[name] = e
 
     scorer = Scorer(base.model, settings_for(base))
-    policy = AlertSection().policy()
+    policy = AlertPolicy(PolicySettings.from_config(AlertSection()))
     ecfg = EnrollConfig(steps=args.enroll_steps, session_gain=args.enroll_session_gain)
 
     def make_profile(name: str, tracks: list[FeatureTrack]) -> Profile:

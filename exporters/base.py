@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from monitor.events import Event
+from expose.monitor.alerts.events import Event
 
 
 @runtime_checkable

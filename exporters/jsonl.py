@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from monitor.events import Event
+from expose.monitor.alerts.events import Event
 
 log = logging.getLogger(__name__)
 

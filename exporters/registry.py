@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exporters.base import AlertSink
-from exporters.jsonl import JsonlSink
-from monitor.config import ExporterConfig, JsonlExporterConfig
+from expose.exporters.base import AlertSink
+from expose.exporters.jsonl import JsonlSink
+from expose.monitor.config import ExporterConfig, JsonlExporterConfig
 
 
 def build_sinks(configs: list[ExporterConfig]) -> list[AlertSink]:

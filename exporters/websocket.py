@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from monitor.events import Event
+from expose.monitor.alerts.events import Event
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from monitor.errors import ConfigError
-
-if TYPE_CHECKING:
-    from monitor.alerts import AlertPolicy
+from expose.monitor.errors import ConfigError
 
 APP_NAME = "expose"
 
@@ -102,12 +99,6 @@ class AlertSection(_Strict):
     raise_k: int = Field(3, ge=1, description="Raise an alert when k of the last n smoothed windows are over.")
     raise_n: int = Field(5, ge=1, description="n of the k-of-n rule.")
     clear_m: int = Field(3, ge=1, description="End the episode after m smoothed windows in a row under.")
-
-    def policy(self) -> AlertPolicy:
-        from monitor.alerts import AlertPolicy, PolicySettings
-
-        return AlertPolicy(PolicySettings(smoothing=self.smoothing, raise_k=self.raise_k, raise_n=self.raise_n,
-                                          clear_m=self.clear_m))
 
 
 class StreamConfig(_Strict):

@@ -20,14 +20,13 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from monitor.clip_scoring import DEFAULT_HOP, settings_for
-from monitor.corpus import TrackArrays
-from monitor.model import LoadedModel
-from monitor.scorer import Scorer, ScoreSettings
-from monitor.smoothing import overlap_sd_ratios
-from monitor.training import Segment, WindowSampler, valid_starts
-from monitor.windows import Window
-from profiles.store import Calibration, Profile, Reference
+from expose.monitor.features.windows import Window
+from expose.monitor.model.exam import LoadedModel
+from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreSettings, settings_for
+from expose.monitor.model.smoothing import overlap_sd_ratios
+from expose.monitor.training.corpus import TrackArrays
+from expose.monitor.training.train import Segment, WindowSampler, valid_starts
+from expose.profiles.store import Calibration, Profile, Reference
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import platformdirs
 import torch
 from safetensors.torch import load_file, save_file
 
-from monitor.errors import ExposeError
+from expose.monitor.errors import ExposeError
 
 PROFILE_FORMAT = 3  # 2: calibration centre/scale and smoothing ratios; 3: the fit term's centre
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import FeatureConfig
-from monitor.features import extract_track
-from monitor.track import FeatureTrack
+from expose.monitor.config import FeatureConfig
+from expose.monitor.features.extract import extract_track
+from expose.monitor.features.track import FeatureTrack
 
 SHARED = (Path(__file__).parents[1] / ".." / "shared").resolve()
 FACE_MODEL = SHARED / "models" / "face_landmarker.task"
@@ -99,13 +99,13 @@ RunCli = Callable[..., subprocess.CompletedProcess]
 
 @pytest.fixture(scope="session")
 def run_cli() -> RunCli:
-    """Run ``python -m monitor.cli ARGS`` in a subprocess with the isolated environment
+    """Run ``python -m expose.monitor.cli ARGS`` in a subprocess with the isolated environment
     (plus ``env`` overrides)."""
 
     def _run(*args: str | Path, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "monitor.cli", *map(str, args)],
+            [sys.executable, "-m", "expose.monitor.cli", *map(str, args)],
             capture_output=True, text=True, timeout=timeout, cwd=REPO,
             env={**os.environ, **(env or {})},
         )

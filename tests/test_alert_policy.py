@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.alerts import (
+from expose.monitor.alerts.policy import (
     Alert,
     AlertLifecycleError,
     AlertPolicy,
@@ -14,7 +14,7 @@ from monitor.alerts import (
     acknowledge,
     close,
 )
-from monitor.scorer import Score
+from expose.monitor.model.score import Score
 
 THR = 1.0
 

@@ -15,9 +15,9 @@ import media_factory as mf
 import numpy as np
 import pytest
 
-from monitor.errors import AssetError, MediaError
-from monitor.expressions import ExpressionExtractor
-from monitor.features import extract_track
+from expose.monitor.errors import AssetError, MediaError
+from expose.monitor.features.expressions import ExpressionExtractor
+from expose.monitor.features.extract import extract_track
 
 SRC = "real/lrs2_00008/00008.mp4"  # 3 s, 160x160 mpeg4 + aac; its moov atom is at the end
 

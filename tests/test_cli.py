@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import __version__
-from monitor.track import FeatureTrack
+from expose.monitor import __version__
+from expose.monitor.features.track import FeatureTrack
 
 CLIP = "real/lrs2_00008/00008.mp4"  # 3 s
 OTHER = "grid_s1/video/bbaf2n.mpg"  # 3 s

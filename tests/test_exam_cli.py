@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monitor.model import load_model, save_model
+from expose.monitor.model.exam import load_model, save_model
 
 IDENTITIES = ["vox_00002", "vox_00010", "lrs2_00016", "lrs2_00019"]
 

@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from monitor.audio_features import MELS_PER_FRAME, N_MELS
-from monitor.expressions import BLENDSHAPE_NAMES, N_BLENDSHAPES
+from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
+from expose.monitor.features.expressions import BLENDSHAPE_NAMES, N_BLENDSHAPES
 
 # (corpus path, what it covers). Header rates from MANIFEST.csv / PyAV.
 CLIPS = [

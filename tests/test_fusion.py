@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.corpus import TrackArrays
-from monitor.expressions import EXPRESSION_NAMES
-from monitor.fusion import MOUTH, choose_weights, transplant, validation_families
-from monitor.model import Exam, ModelConfig
-from monitor.scorer import Scorer, ScoreSettings
-from monitor.training import Segment, WindowSampler, mirror_expression
-from monitor.windows import AUDIO_DIM, windows_of
+from expose.monitor.features.expressions import EXPRESSION_NAMES
+from expose.monitor.features.windows import AUDIO_DIM, windows_of
+from expose.monitor.model.exam import Exam, ModelConfig
+from expose.monitor.model.fusion import MOUTH, choose_weights, transplant, validation_families
+from expose.monitor.model.scorer import Scorer, ScoreSettings
+from expose.monitor.training.corpus import TrackArrays
+from expose.monitor.training.train import Segment, WindowSampler, mirror_expression
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
 IDX = {n: i for i, n in enumerate(EXPRESSION_NAMES)}

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.audio_features import N_MELS
-from monitor.config import FeatureConfig
-from monitor.expressions import ExpressionExtractor
-from monitor.live_features import LiveFeatureSettings, StreamFeaturizer
-from monitor.media import AudioChunk, MediaReader, VideoFrame
-from monitor.windows import windows_of
+from expose.monitor.config import FeatureConfig
+from expose.monitor.features.audio import N_MELS
+from expose.monitor.features.expressions import ExpressionExtractor
+from expose.monitor.features.stream import LiveFeatureSettings, StreamFeaturizer
+from expose.monitor.features.windows import windows_of
+from expose.monitor.media.reader import AudioChunk, MediaReader, VideoFrame
 
 MEL = slice(0, 4 * N_MELS)
 PHONES = slice(4 * N_MELS, -1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.alerts import Alert
-from monitor.live_store import LiveStore, StoreError
+from expose.monitor.alerts.policy import Alert
+from expose.monitor.live.store import LiveStore, StoreError
 
 
 def _alert(i: str, stream: str = "cam", opened: float = 1.0) -> Alert:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.corpus import TrackArrays
-from monitor.diffusion import add_noise, alpha_bar
-from monitor.model import Exam, ModelConfig, ModelFileError, load_model, save_model
-from monitor.scorer import Scorer
-from monitor.windows import AUDIO_DIM, Window, center_expression, windows_of
-from profiles.enroll import EnrollConfig, enroll
-from profiles.store import ProfileError, ProfileStore, Reference
+from expose.monitor.features.windows import AUDIO_DIM, Window, center_expression, windows_of
+from expose.monitor.model.diffusion import add_noise, alpha_bar
+from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
+from expose.monitor.model.scorer import Scorer
+from expose.monitor.training.corpus import TrackArrays
+from expose.profiles.enroll import EnrollConfig, enroll
+from expose.profiles.store import ProfileError, ProfileStore, Reference
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_center_expression_removes_session_offsets() -> None:
 
 
 def test_session_gain_scales_each_channel_and_spares_validation() -> None:
-    from monitor.training import Segment, WindowSampler
+    from expose.monitor.training.train import Segment, WindowSampler
 
     rng = np.random.default_rng(0)
     n = 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.smoothing import empirical_sd_ratios, overlap_sd_ratios
+from expose.monitor.model.smoothing import empirical_sd_ratios, overlap_sd_ratios
 
 
 def test_overlap_bound_is_one_over_sqrt_n_without_overlap_and_higher_with_it() -> None:

@@ -13,7 +13,9 @@ import media_factory as mf
 import numpy as np
 import pytest
 
-from monitor.audio_features import (
+from expose.monitor.config import Config, FeatureConfig, load_config
+from expose.monitor.errors import AssetError, ConfigError, FeatureFileError, MediaError
+from expose.monitor.features.audio import (
     HOP,
     MELS_PER_FRAME,
     N_MELS,
@@ -21,14 +23,12 @@ from monitor.audio_features import (
     log_mel,
     speech_activity,
 )
-from monitor.config import Config, FeatureConfig, load_config
-from monitor.errors import AssetError, ConfigError, FeatureFileError, MediaError
-from monitor.expressions import EXPRESSION_DIM
-from monitor.face_model import ENV_VAR, FACE_MODEL_NAME, resolve_face_model
-from monitor.feature_cache import FeatureCache
-from monitor.features import extractor_version
-from monitor.media import AUDIO_RATE
-from monitor.track import FORMAT_VERSION, FeatureTrack
+from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.expressions import EXPRESSION_DIM
+from expose.monitor.features.extract import extractor_version
+from expose.monitor.features.face_model import ENV_VAR, FACE_MODEL_NAME, resolve_face_model
+from expose.monitor.features.track import FORMAT_VERSION, FeatureTrack
+from expose.monitor.media.reader import AUDIO_RATE
 
 SR = AUDIO_RATE
 FLOOR = float(np.log(1e-10))  # log_mel's value where there is no energy at all

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monitor import watchdog as wd
-from monitor.watchdog import Action
+from expose.monitor.live import watchdog as wd
+from expose.monitor.live.watchdog import Action
 
 S = wd.WatchdogSettings(stall_after_s=5, open_timeout_s=10, backoff_initial_s=1, backoff_max_s=8,
                         max_restarts=3, restart_window_s=100, stable_after_s=30)
@@ -100,7 +100,7 @@ def test_a_looped_file_restarts_at_once_and_never_fails() -> None:
 
 
 def test_a_stream_is_behind_while_media_was_lost_recently() -> None:
-    from monitor.stream_runner import LossTracker
+    from expose.monitor.live.runner import LossTracker
 
     t = LossTracker(window_s=10.0)
     t.update(0, 1.0)

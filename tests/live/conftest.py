@@ -15,10 +15,10 @@ import pytest
 import torch
 from live_support import SPEECH_CLIP
 
-from monitor.corpus import TrackArrays
-from monitor.model import Exam, ModelConfig, load_model, save_model
-from profiles.enroll import EnrollConfig, enroll
-from profiles.store import ProfileStore, Reference
+from expose.monitor.model.exam import Exam, ModelConfig, load_model, save_model
+from expose.monitor.training.corpus import TrackArrays
+from expose.profiles.enroll import EnrollConfig, enroll
+from expose.profiles.store import ProfileStore, Reference
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=1)
 

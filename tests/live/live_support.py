@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import websockets
 
-from monitor.config import Config
-from monitor.serve import Service, bind, build_service, uvicorn_server
+from expose.monitor.api.serve import Service, bind, build_service, uvicorn_server
+from expose.monitor.config import Config
 
 SPEECH_CLIP = "real/trump/speech_01.mp4"
 TOKEN = "test-token-123"

@@ -41,7 +41,7 @@ def test_serve_starts_prints_the_dashboard_and_stops_on_sigint(tmp_path: Path, t
     cfg = tmp_path / "expose.toml"
     cfg.write_text(f'[server]\ndb_path = "{tmp_path / "m.sqlite3"}"\n', encoding="utf-8")
     env = {**os.environ, "EXPOSE_TOKEN": "tok-abc"}
-    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve", "--config", str(cfg), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "expose.monitor.cli", "serve", "--config", str(cfg), "--port", "0",
                              "--model", str(tiny_model), "--profiles", str(profiles_dir)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -66,8 +66,8 @@ def test_serve_starts_prints_the_dashboard_and_stops_on_sigint(tmp_path: Path, t
 
 
 def test_token_env_overrides_the_config_file_then_one_is_generated(monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitor.config import Config
-    from monitor.serve import Token, resolve_token
+    from expose.monitor.api.serve import Token, resolve_token
+    from expose.monitor.config import Config
 
     cfg = Config.model_validate({"server": {"token": "from-file"}})
     monkeypatch.setenv("EXPOSE_TOKEN", "from-env")

@@ -30,11 +30,11 @@ from live_support import (
 )
 from media_factory import dub_remux
 
-from monitor.config import STARTER_MODEL, AlertSection, Config
-from monitor.corpus import TrackArrays
-from monitor.model import load_model
-from profiles.enroll import enroll
-from profiles.store import ProfileStore, Reference
+from expose.monitor.config import STARTER_MODEL, AlertSection, Config
+from expose.monitor.model.exam import load_model
+from expose.monitor.training.corpus import TrackArrays
+from expose.profiles.enroll import enroll
+from expose.profiles.store import ProfileStore, Reference
 
 pytestmark = pytest.mark.timeout(400)
 

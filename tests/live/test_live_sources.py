@@ -22,9 +22,9 @@ from live_support import (
     running_server,
 )
 
-from monitor.errors import MediaError
-from monitor.media import AudioChunk, VideoFrame
-from monitor.sources import DropQueue, EndOfStream, PullSource
+from expose.monitor.errors import MediaError
+from expose.monitor.media.reader import AudioChunk, VideoFrame
+from expose.monitor.media.sources import DropQueue, EndOfStream, PullSource
 
 pytestmark = pytest.mark.timeout(300)
 HERE = Path(__file__).parent

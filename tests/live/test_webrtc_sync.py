@@ -1,6 +1,6 @@
 """Audio/video alignment of a WHIP publisher's stream, read off a clip with a white
 frame and an audio click at the same instants, published by a real aiortc peer and
-received by the product's WHIP session (monitor.whip.open_session -> WebRTCSource).
+received by the product's WHIP session (expose.monitor.media.whip.open_session -> WebRTCSource).
 
 Anchoring each track at its first frame's arrival left the audio about 85 ms late
 (aiortc's audio jitter buffer holds 4 packets); the source now places both tracks on
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from media_factory import flash_click_av
 
-from monitor.media import AUDIO_RATE, VideoFrame
-from monitor.whip import limit_host_candidates, open_session
+from expose.monitor.media.reader import AUDIO_RATE, VideoFrame
+from expose.monitor.media.whip import limit_host_candidates, open_session
 
 pytestmark = pytest.mark.timeout(120)
 EVENTS = [1.0 + 0.8 * i for i in range(10)]

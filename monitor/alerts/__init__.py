@@ -1,0 +1,6 @@
+"""What a console is told: the Alert value type and the AlertPolicy that turns a stream's
+Scores into alerts (``policy``: a pure function, no torch), and the typed Event envelope
+(``events``).
+
+May import: model
+"""

@@ -1,0 +1,102 @@
+"""Composition root of `expose serve`: build every part once from the config, in order.
+
+Read as a list of steps (Frigate's app.py): assets, model + scorer, profile store,
+SQLite store, sinks, the monitor, the HTTP app, the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import uvicorn
+from fastapi import FastAPI
+
+from expose.exporters.base import AlertSink
+from expose.exporters.registry import build_sinks
+from expose.exporters.websocket import WebsocketHub
+from expose.monitor.api.app import create_app
+from expose.monitor.config import APP_NAME, Config
+from expose.monitor.features.face_model import resolve_face_model
+from expose.monitor.live.monitor import LiveMonitor
+from expose.monitor.live.store import LiveStore
+from expose.monitor.media.whip import limit_host_candidates
+from expose.monitor.model.exam import load_model
+from expose.monitor.model.scorer import Scorer, settings_for
+from expose.profiles.store import ProfileStore
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "EXPOSE_TOKEN"
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    generated: bool  # nobody configured one: show it to the operator
+
+
+def resolve_token(cfg: Config) -> Token:
+    # the environment overrides the file, as for every EXPOSE_* value (monitor.config)
+    if env := os.environ.get(TOKEN_ENV):
+        return Token(env, False)
+    if cfg.server.token is not None:
+        return Token(cfg.server.token.get_secret_value(), False)
+    return Token(secrets.token_urlsafe(18), True)
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "monitor.sqlite3"
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    monitor: LiveMonitor
+    hub: WebsocketHub
+    token: Token
+
+
+def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
+                  db_path: Path | str | None = None, sinks: Sequence[AlertSink] = ()) -> LiveMonitor:
+    """Everything but HTTP: assets, model + scorer, profiles, store, sinks, the monitor."""
+    from expose.monitor.model.exam import pick_device
+
+    face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
+    base = load_model(model_path if model_path is not None else cfg.model.path)
+    scorer = Scorer(base.model, settings_for(base), device=pick_device(cfg.model.device))
+    profiles = ProfileStore(profiles_dir or cfg.profiles_dir)
+    store = LiveStore(db_path or cfg.server.db_path or default_db_path())
+    limit_host_candidates(cfg.server.ice_host_addresses)
+    return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
+                       profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters)])
+
+
+def build_service(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None) -> Service:
+    hub = WebsocketHub(cfg.server.ws_queue)
+    monitor = build_monitor(cfg, model_path=model_path, profiles_dir=profiles_dir, sinks=[hub])
+    token = resolve_token(cfg)
+    return Service(create_app(monitor, hub, token.value), monitor, hub, token)
+
+
+def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    # ws="websockets": the alert stream runs on the websockets stack (DESIGN.md)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws="websockets-sansio", log_level="warning",
+                                         lifespan="on", timeout_graceful_shutdown=5))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one), so the caller knows the port before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,170 @@
+"""`expose serve` and `expose watch`: the live monitor's commands (registered by cli.main)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from expose.monitor.alerts.events import Event
+from expose.monitor.cli.app import ConfigOpt, ModelOpt, ProfilesOpt, app, err_console, load_cli_config, out
+from expose.monitor.config import Config, StreamConfig
+from expose.monitor.errors import ExposeError
+
+if TYPE_CHECKING:
+    from expose.monitor.live.monitor import LiveMonitor
+
+log = logging.getLogger(__name__)
+
+
+def _with_stream(cfg: Config, source: str | None, claimed: str | None, name: str, loop: bool) -> Config:
+    if source is None:
+        if claimed is not None:
+            raise ExposeError("--as needs --watch SOURCE")
+        return cfg
+    if claimed is None:
+        raise ExposeError("--watch needs --as PROFILE (who the person on screen claims to be)")
+    spec = StreamConfig(name=name, url=source, profile=claimed, loop=loop)
+    return cfg.model_copy(update={"streams": [s for s in cfg.streams if s.name != name] + [spec]})
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default: server.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port, 8000; 0: any free port).")] = None,
+    profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    watch_source: Annotated[str | None, typer.Option(
+        "--watch", help="Also watch this file or URL from the start (more: streams in the config).")] = None,
+    claimed: Annotated[str | None, typer.Option("--as", help="Profile claimed on the --watch stream.")] = None,
+    name: Annotated[str, typer.Option(help="Stream name of the --watch stream.")] = "main",
+    loop: Annotated[bool, typer.Option("--loop", help="Play a --watch file again at its end.")] = False,
+) -> None:
+    """Run the live monitor: WHIP ingest, pulled streams, REST API, websocket alerts, dashboard."""
+    from expose.monitor.api.serve import bind, build_service, uvicorn_server
+
+    cfg = _with_stream(load_cli_config(config), watch_source, claimed, name, loop)
+    srv = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    cfg = cfg.model_copy(update={"server": srv})
+    service = build_service(cfg, model_path=model, profiles_dir=profiles)
+    try:
+        sock = bind(srv.host, srv.port)
+    except OSError as err:
+        raise ExposeError(f"cannot listen on {srv.host}:{srv.port} ({err.strerror})") from None
+    bound = sock.getsockname()[1]
+    shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::") else srv.host
+    base = f"http://{shown}:{bound}"
+    token = service.token
+    out.print(f"expose live monitor on {base}  (API docs: {base}/docs)")
+    if token.generated:
+        out.print(f"dashboard: {base}/dashboard/?token={token.value}")
+        out.print("token generated for this run; set server.token or EXPOSE_TOKEN to keep one", style="dim")
+    else:
+        out.print(f"dashboard: {base}/dashboard/  (token: server.token / EXPOSE_TOKEN)")
+    out.print(f"WHIP ingest: POST {base}/whip/NAME?profile=PROFILE  (Authorization: Bearer TOKEN)")
+    server = uvicorn_server(service.app, srv.host, bound)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C
+        err_console.print("expose serve: stopped")
+    finally:
+        sock.close()
+
+
+class _TerminalView:
+    """An AlertSink that prints one line per score and every alert change."""
+
+    name = "terminal"
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    async def send(self, event: Event) -> None:
+        if self.as_json:
+            if event.type in ("score", "alert"):
+                print(event.to_json(), flush=True)
+            return
+        d = event.data
+        if event.type == "score":
+            if d["distance"] is None:
+                line = f"[dim]{d['t0']:7.2f}-{d['t1']:7.2f} s  insufficient: {escape(d['reason'])}[/]"
+            else:
+                thr = d["threshold"]
+                over = thr is not None and d["smoothed"] > thr
+                colour = {"alert": "red", "suspect": "yellow"}.get(d["state"], "green")
+                line = (f"{d['t0']:7.2f}-{d['t1']:7.2f} s  distance {d['distance']:+.4f}  smoothed "
+                        f"{d['smoothed']:+.4f} {'>' if over else '<='} {thr:.4f}  [{colour}]{d['state'].upper()}[/]"
+                        f"  [dim]({d['latency_s'] * 1000:.0f} ms)[/]")
+            out.print(line, highlight=False)
+        elif event.type == "alert" and d["action"] != "updated":  # the score lines show an episode going on
+            a = d["alert"]
+            out.print(f"[bold red]ALERT {d['action']}[/] {a['id']} stream {escape(a['stream'])} as "
+                      f"{escape(a['profile'])}: peak {a['peak_distance']:+.4f}, mean {a['mean_distance']:+.4f} "
+                      f"over {a['n_windows']} windows", highlight=False)
+        elif event.type == "stream" and d.get("action") == "phase":
+            out.print(f"[dim]stream {escape(event.stream or '')}: {d['phase']} {escape(d.get('reason', ''))}[/]")
+
+    async def close(self) -> None:
+        pass
+
+
+@app.command()
+def watch(
+    source: Annotated[str, typer.Argument(help="File or URL (rtsp://, http(s)://) to watch.")],
+    claimed: Annotated[str, typer.Option("--as", help="Profile the person on screen claims to be.")],
+    name: Annotated[str, typer.Option(help="Stream name shown in the output.")] = "watch",
+    realtime: Annotated[bool, typer.Option(help="Files: play at their own pace (--no-realtime: as fast as "
+                                           "the scorer goes).")] = True,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Watch one source in the terminal: a line per window with its identity distance and state."""
+    from expose.monitor.api.serve import build_monitor
+    from expose.monitor.media.reader import MediaReader, is_network_url
+
+    cfg = load_cli_config(config)
+    if not is_network_url(source):
+        with MediaReader(source):  # a missing or unreadable file is an error now, not after retries
+            pass
+    monitor = build_monitor(cfg.model_copy(update={"streams": []}), model_path=model, profiles_dir=profiles,
+                            db_path=":memory:", sinks=[_TerminalView(as_json)])
+    spec = StreamConfig(name=name, url=source, profile=claimed, realtime=realtime)
+
+    async def run() -> None:
+        await monitor.start()
+        try:
+            monitor.add_stream(spec, persist=False)
+            t_end = time.monotonic() + seconds if seconds is not None else None
+            while t_end is None or time.monotonic() < t_end:
+                await asyncio.sleep(0.25)
+                h = monitor.view(name).health
+                if h is not None and h.phase in ("ended", "failed"):
+                    await _drain(monitor)
+                    if h.phase == "failed":
+                        raise ExposeError(f"{source}: {h.reason}")
+                    break
+        finally:
+            await monitor.stop()
+
+    if not as_json:
+        err_console.print(f"watching {escape(source)} as {escape(claimed)} (Ctrl-C to stop)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+async def _drain(monitor: LiveMonitor, timeout: float = 30.0) -> None:
+    """Let the scoring loop finish the last windows before stopping."""
+    deadline = time.monotonic() + timeout
+    while monitor.loop.busy and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the events of the last batch reach the sinks
+

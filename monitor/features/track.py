@@ -1,0 +1,158 @@
+"""FeatureTrack: one media item reduced to aligned 25 fps rows, and its file format.
+
+File format: an ``.npz`` (no pickle: every member is a plain numeric or unicode
+array, loaded with ``allow_pickle=False``) holding the arrays below plus a ``meta``
+JSON string with ``format_version``. Readers refuse other versions with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from expose.monitor.errors import FeatureFileError
+from expose.monitor.features.audio import FPS, MELS_PER_FRAME, N_MELS
+from expose.monitor.features.expressions import EXPRESSION_DIM
+from expose.monitor.features.phones import N_PHONES
+
+FORMAT_VERSION = 2
+SPEECH_THRESHOLD = 0.5  # a frame "has speech" when at least half its 10 ms sub-frames do
+
+
+@dataclass(frozen=True)
+class FeatureTrack:
+    """Aligned per-frame features of one media item on a fixed 25 fps timeline.
+
+    Row k describes time ``k / 25`` seconds from the media origin.
+    """
+
+    expression: np.ndarray = field(repr=False)  # (N, 58) float32: 52 blendshapes + 6 pose
+    face_mask: np.ndarray = field(repr=False)  # (N,) bool: a face was found (or interpolated)
+    mel: np.ndarray = field(repr=False)  # (N, 4, 80) float32 log-mel; log(1e-10) (silence) when no audio
+    speech: np.ndarray = field(repr=False)  # (N,) float32 in [0, 1] speech activity
+    has_audio: bool
+    source: str = ""  # path or URL, informational
+    media_sha256: str = ""  # content hash of a file source ("" for live sources)
+    extractor_version: str = ""
+    fps: int = FPS
+    # (N, 40) float32 phone fractions per frame (monitor.phones); None at construction -> all silence
+    phones: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # (N,) bool: a face was landmarked on a frame of this tick (face_mask minus interpolated
+    # ticks); reconstruction errors count only these. None at construction -> face_mask
+    observed: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        n = len(self.face_mask)
+        if self.phones is None:
+            sil = np.zeros((n, N_PHONES), dtype=np.float32)
+            sil[:, 0] = 1.0
+            object.__setattr__(self, "phones", sil)
+        if self.observed is None:
+            object.__setattr__(self, "observed", self.face_mask.copy())
+        checks = {
+            "expression": (self.expression.shape == (n, EXPRESSION_DIM), np.float32),
+            "face_mask": (self.face_mask.shape == (n,), np.bool_),
+            "mel": (self.mel.shape == (n, MELS_PER_FRAME, N_MELS), np.float32),
+            "speech": (self.speech.shape == (n,), np.float32),
+            "phones": (self.phones.shape == (n, N_PHONES), np.float32),
+            "observed": (self.observed.shape == (n,), np.bool_),
+        }
+        for name, (shape_ok, dtype) in checks.items():
+            arr = getattr(self, name)
+            if not shape_ok or arr.dtype != dtype:
+                raise ValueError(f"FeatureTrack.{name}: bad shape/dtype {arr.shape} {arr.dtype} for N={n}")
+        if self.fps != FPS:
+            raise ValueError(f"FeatureTrack.fps must be {FPS}")
+        if (self.observed & ~self.face_mask).any():
+            raise ValueError("FeatureTrack.observed must be a subset of face_mask")
+
+    def __len__(self) -> int:
+        return len(self.face_mask)
+
+    @property
+    def duration(self) -> float:
+        return len(self) / self.fps
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.float64) / self.fps
+
+    @property
+    def face_ratio(self) -> float:
+        return float(self.face_mask.mean()) if len(self) else 0.0
+
+    @property
+    def speech_mask(self) -> np.ndarray:
+        return self.speech >= SPEECH_THRESHOLD
+
+    @property
+    def speech_ratio(self) -> float:
+        return float(self.speech_mask.mean()) if len(self) else 0.0
+
+    def segment(self, start: int, end: int) -> FeatureTrack:
+        """Rows [start, end) as a track of their own (row 0 = old row ``start``)."""
+        if not 0 <= start < end <= len(self):
+            raise ValueError(f"segment [{start}, {end}) outside a track of {len(self)} frames")
+        return dataclasses.replace(
+            self, expression=self.expression[start:end], face_mask=self.face_mask[start:end],
+            mel=self.mel[start:end], speech=self.speech[start:end], phones=self.phones[start:end],
+            observed=self.observed[start:end], source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
+
+    def save(self, path: Path) -> None:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "fps": self.fps,
+            "has_audio": self.has_audio,
+            "source": self.source,
+            "media_sha256": self.media_sha256,
+            "extractor_version": self.extractor_version,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            meta=np.array(json.dumps(meta)),
+            expression=self.expression,
+            face_mask=self.face_mask,
+            mel=self.mel.astype(np.float16),  # log-mel needs no more; halves the cache
+            speech=self.speech,
+            phones=self.phones.astype(np.float16),
+            observed=self.observed,
+        )
+        tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureTrack:
+        try:
+            with np.load(Path(path), allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                version = meta.get("format_version")
+                if version != FORMAT_VERSION:
+                    raise FeatureFileError(
+                        f"{path}: feature file format {version}, this expose reads {FORMAT_VERSION}; "
+                        "re-extract it with `expose features`"
+                    )
+                return cls(
+                    expression=z["expression"].astype(np.float32),
+                    face_mask=z["face_mask"].astype(bool),
+                    mel=z["mel"].astype(np.float32),
+                    speech=z["speech"].astype(np.float32),
+                    phones=z["phones"].astype(np.float32),
+                    # files written before it existed: every face row counts as observed
+                    observed=(z["observed"] if "observed" in z.files else z["face_mask"]).astype(bool),
+                    has_audio=bool(meta["has_audio"]),
+                    source=str(meta.get("source", "")),
+                    media_sha256=str(meta.get("media_sha256", "")),
+                    extractor_version=str(meta.get("extractor_version", "")),
+                    fps=int(meta.get("fps", FPS)),
+                )
+        except FileNotFoundError:
+            raise FeatureFileError(f"{path}: no such feature file") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+            raise FeatureFileError(f"{path}: not a readable feature file ({err})") from None

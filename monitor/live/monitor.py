@@ -1,0 +1,383 @@
+"""LiveMonitor: the running system behind `expose serve`, wired once at start.
+
+Streams (pull sources and WHIP sessions) -> StreamRunner -> Windows -> the shared
+ScoringLoop -> AlertPolicy per stream -> events (SQLite, with ``seq``) -> sinks
+(websocket hub, JSONL, ...). The HTTP layer (``api.app``) only calls the
+methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expose.exporters.base import AlertSink
+from expose.monitor.alerts.events import Event, EventType
+from expose.monitor.alerts.policy import Alert, AlertPolicy, PolicySettings, PolicyState, StreamState
+from expose.monitor.alerts.policy import acknowledge as ack_alert
+from expose.monitor.alerts.policy import close as close_alert
+from expose.monitor.config import Config, StreamConfig
+from expose.monitor.errors import ExposeError
+from expose.monitor.features.stream import LiveFeatureSettings
+from expose.monitor.features.windows import Window
+from expose.monitor.live import watchdog as wd
+from expose.monitor.live.runner import StreamHealth, StreamRunner
+from expose.monitor.live.scoring import ScoredWindow, ScoreRequest, ScoringLoop
+from expose.monitor.live.store import LiveStore
+from expose.monitor.media.sources import PullSource
+from expose.monitor.media.whip import WhipSession, open_session
+from expose.monitor.model.scorer import Scorer
+from expose.profiles.store import Profile, ProfileError, ProfileStore
+
+log = logging.getLogger(__name__)
+
+
+class StreamError(ExposeError):
+    """A stream request that cannot be honoured (unknown, duplicate, busy)."""
+
+
+class NotFound(ExposeError):
+    """An unknown stream, alert or session."""
+
+
+@dataclass
+class _Stream:
+    spec: StreamConfig
+    runner: StreamRunner | None = None
+    task: asyncio.Task[None] | None = None
+    whip: WhipSession | None = None
+    policy: PolicyState = field(default_factory=PolicyState)
+    last_score: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """What the API shows about a stream."""
+
+    name: str
+    url: str | None
+    profile: str | None
+    state: StreamState
+    health: StreamHealth | None
+    whip_session: str | None
+    last_score: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return d
+
+
+class LiveMonitor:
+    def __init__(self, cfg: Config, *, scorer: Scorer, base_model_sha256: str, face_model: Path,
+                 profiles: ProfileStore, store: LiveStore, sinks: list[AlertSink]) -> None:
+        self.cfg = cfg
+        self.scorer = scorer
+        self.base_sha256 = base_model_sha256
+        self.face_model = face_model
+        self.profiles = profiles
+        self.store = store
+        self.sinks = sinks
+        self.policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
+        live = cfg.live
+        self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * 25)),
+                                            audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
+        self.loop = ScoringLoop(scorer, self._on_scores, max_batch=live.max_batch, linger_s=live.batch_linger_s)
+        self._streams: dict[str, _Stream] = {}
+        self._profiles: dict[str, Profile] = {}
+        self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self.loop.run(), name="scoring-loop"),
+                       asyncio.create_task(self._dispatch(), name="event-dispatch"),
+                       asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        specs = {s.name: s for s in self.cfg.streams}
+        for name, body in self.store.list_streams().items():  # added at run time earlier
+            specs.setdefault(name, StreamConfig.model_validate(body))
+        for spec in specs.values():
+            try:
+                self.add_stream(spec, persist=False)
+            except ExposeError as err:
+                log.error("stream %s not started: %s", spec.name, err)
+
+    async def stop(self) -> None:
+        for name in list(self._streams):
+            with contextlib.suppress(Exception):
+                await self._stop_stream(name)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        while not self._outbox.empty():  # deliver what is already decided
+            await self._deliver(self._outbox.get_nowait())
+        for s in self.sinks:
+            with contextlib.suppress(Exception):
+                await s.close()
+
+    # ---- events ----------------------------------------------------------------------
+    def emit(self, type: EventType, stream: str | None, data: dict[str, Any]) -> Event:
+        """Store the event (assigning its seq) and queue it for the sinks, in seq order."""
+        event = self.store.append_event(type, stream, data)
+        self._outbox.put_nowait(event)
+        return event
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._deliver(await self._outbox.get())
+
+    async def _deliver(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.send(event)
+            except Exception:  # one broken sink must not starve the others
+                log.exception("sink %s failed on event %d", sink.name, event.seq)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            n = await asyncio.to_thread(self.store.prune_events, self.cfg.server.events_keep)
+            if n:
+                log.info("pruned %d old events", n)
+
+    # ---- profiles --------------------------------------------------------------------
+    def profile(self, name: str) -> Profile:
+        """The named profile, loaded once; raises ProfileError if unknown or for another model."""
+        p = self._profiles.get(name)
+        if p is None:
+            p = self.profiles.load(name)
+            p.check_base(self.base_sha256)
+            self._profiles[name] = p
+        return p
+
+    def profile_names(self) -> list[str]:
+        return self.profiles.names()
+
+    # ---- streams ---------------------------------------------------------------------
+    def add_stream(self, spec: StreamConfig, persist: bool = True) -> StreamView:
+        if spec.name in self._streams:
+            raise StreamError(f"stream {spec.name!r} already exists; remove it first")
+        if spec.profile is not None:
+            self.profile(spec.profile)  # unknown profile: refuse now, not at the first window
+        entry = _Stream(spec)
+        self._streams[spec.name] = entry
+        if spec.url is not None:
+            self._start_runner(entry, self._pull_runner(spec))
+        if persist:
+            self.store.put_stream(spec.name, spec.model_dump(mode="json"))
+        self.emit("stream", spec.name, {"action": "added", "url": spec.url, "profile": spec.profile})
+        return self.view(spec.name)
+
+    async def remove_stream(self, name: str) -> None:
+        if name not in self._streams:
+            raise NotFound(f"unknown stream {name!r}")
+        await self._stop_stream(name)
+        self.store.delete_stream(name)
+        self.emit("stream", name, {"action": "removed"})
+
+    async def _stop_stream(self, name: str) -> None:
+        entry = self._streams.pop(name)
+        await self._stop_entry(entry)
+
+    async def _stop_entry(self, entry: _Stream) -> None:
+        if entry.whip is not None:
+            await entry.whip.close()
+            entry.whip = None
+        if entry.runner is not None:
+            entry.runner.stop()
+        if entry.task is not None:
+            entry.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(entry.task, timeout=5)
+        entry.runner, entry.task = None, None
+
+    def _watchdog(self, *, can_restart: bool, restart_on_end: bool, loop: bool = False) -> wd.WatchdogSettings:
+        live = self.cfg.live
+        return wd.WatchdogSettings(
+            stall_after_s=live.stall_after_s, open_timeout_s=live.open_timeout_s,
+            backoff_initial_s=live.backoff_initial_s, backoff_max_s=max(live.backoff_max_s, live.backoff_initial_s),
+            max_restarts=live.max_restarts, restart_window_s=live.restart_window_s,
+            restart_on_end=restart_on_end, loop=loop, can_restart=can_restart)
+
+    def _pull_runner(self, spec: StreamConfig) -> StreamRunner:
+        url = spec.url
+        assert url is not None
+        is_file = "://" not in url
+        live = self.cfg.live
+
+        def open_source() -> PullSource:
+            return PullSource(url, realtime=spec.realtime, max_side=self.cfg.features.max_side,
+                              timeout_s=live.open_timeout_s, queue_items=live.queue_items)
+
+        return self._runner(spec.name, "pull", open_source, url=url,
+                            watchdog=self._watchdog(can_restart=True, restart_on_end=not is_file,
+                                                    loop=is_file and spec.loop))
+
+    def _runner(self, name: str, kind: str, open_source: Any, *, url: str | None,
+                watchdog: wd.WatchdogSettings) -> StreamRunner:
+        return StreamRunner(name, kind, open_source, face_model=self.face_model,  # type: ignore[arg-type]
+                            features=self.cfg.features, live=self.features, watchdog=watchdog,
+                            on_window=self._on_window, on_phase=self._on_phase, url=url)
+
+    def _start_runner(self, entry: _Stream, runner: StreamRunner) -> None:
+        entry.runner = runner
+        entry.task = asyncio.create_task(self._run(entry, runner), name=f"stream:{entry.spec.name}")
+
+    async def _run(self, entry: _Stream, runner: StreamRunner) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream %s: runner failed", entry.spec.name)
+        if entry.whip is not None and entry.runner is runner:  # the publisher went away
+            session, entry.whip = entry.whip, None
+            await session.close()
+            if not self._configured(entry.spec.name):
+                self._streams.pop(entry.spec.name, None)
+            self.emit("stream", entry.spec.name, {"action": "unpublished", "session": session.id})
+
+    def _configured(self, name: str) -> bool:
+        return any(s.name == name for s in self.cfg.streams) or name in self.store.list_streams()
+
+    def _on_phase(self, runner: StreamRunner) -> None:
+        h = runner.health()
+        self.emit("stream", runner.name, {"action": "phase", "phase": h.phase, "reason": h.reason,
+                                          "reconnects": h.reconnects})
+
+    # ---- WHIP ------------------------------------------------------------------------
+    async def start_whip(self, name: str, profile: str | None, offer: str) -> WhipSession:
+        """Answer a publisher's offer for stream ``name``; the claimed profile comes from
+        ``profile`` or the stream's configuration."""
+        entry = self._streams.get(name)
+        if entry is not None and entry.spec.url is not None:
+            raise StreamError(f"stream {name!r} pulls from {entry.spec.url}; it takes no WHIP publisher")
+        if entry is not None and entry.whip is not None:
+            raise StreamError(f"stream {name!r} already has a publisher (DELETE its session first)")
+        claimed = profile or (entry.spec.profile if entry is not None else None)
+        if claimed is None:
+            raise StreamError(f"no claimed profile for stream {name!r}: pass ?profile=NAME or configure the stream")
+        self.profile(claimed)
+        live = self.cfg.live
+        session = await open_session(name, claimed, offer, max_side=self.cfg.features.max_side,
+                                     queue_items=live.queue_items)
+        if entry is None:
+            entry = _Stream(StreamConfig(name=name, profile=claimed))
+            self._streams[name] = entry
+            self.emit("stream", name, {"action": "added", "url": None, "profile": claimed})
+        elif entry.spec.profile != claimed:
+            entry.spec = entry.spec.model_copy(update={"profile": claimed})
+        entry.whip = session
+        entry.policy = PolicyState()
+        runner = self._runner(name, "whip", lambda: session.source, url=None,
+                              watchdog=self._watchdog(can_restart=False, restart_on_end=False))
+        self._start_runner(entry, runner)
+        self.emit("stream", name, {"action": "publishing", "session": session.id, "profile": claimed})
+        return session
+
+    async def end_whip(self, name: str, session_id: str) -> None:
+        entry = self._streams.get(name)
+        if entry is None or entry.whip is None or entry.whip.id != session_id:
+            raise NotFound(f"no WHIP session {session_id!r} on stream {name!r}")
+        await self._stop_entry(entry)
+        if not self._configured(name):
+            self._streams.pop(name, None)  # an ad-hoc WHIP stream lives as long as its session
+        self.emit("stream", name, {"action": "unpublished", "session": session_id})
+
+    # ---- scoring ---------------------------------------------------------------------
+    def _on_window(self, window: Window) -> None:
+        entry = self._streams.get(window.stream)
+        if entry is None:
+            return
+        name = entry.spec.profile
+        profile = None
+        if name is not None:
+            try:
+                profile = self.profile(name)
+            except ProfileError as err:
+                log.warning("stream %s: %s", window.stream, err)
+        self.loop.submit(ScoreRequest(window, profile))
+
+    async def _on_scores(self, results: list[ScoredWindow]) -> None:
+        now = time.time()
+        for r in results:
+            entry = self._streams.get(r.score.stream)
+            if entry is None:
+                continue
+            prof = r.request.profile
+            calib = prof.calibration if prof is not None else None
+            runner = entry.runner
+            step = self.policy.step(entry.policy, r.score, calib.alert_threshold if calib else math.inf, now,
+                                    thumbnail=runner.thumbnail if runner is not None else (lambda: None))
+            entry.policy = step.state
+            s = r.score
+            data = {
+                "profile": s.profile or None, "t0": s.t0, "t1": s.t1, "status": s.status,
+                "distance": s.distance, "smoothed": step.smoothed,
+                # the threshold the smoothed distance was compared with
+                "threshold": calib.alert_threshold(len(step.state.recent)) if calib else None,
+                "z": prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
+                "identity": s.identity, "sync": s.sync, "fit": s.fit,
+                "face_ratio": s.face_ratio, "speech_ratio": s.speech_ratio,
+                "reason": s.reason, "state": step.state.state, "latency_s": round(r.latency_s, 3),
+                "alert_id": step.state.alert.id if step.state.alert is not None else None,
+            }
+            entry.last_score = data
+            self.emit("score", s.stream, data)
+            if step.alert is not None:
+                self.store.put_alert(step.alert)
+                if step.change in ("opened", "ended"):
+                    self.emit("alert", s.stream, {"action": step.change, "alert": step.alert.to_dict()})
+                else:  # one per window while it lasts: the summary, not the evidence again
+                    self.emit("alert", s.stream, {"action": "updated", "alert": step.alert.summary()})
+
+    # ---- alerts ----------------------------------------------------------------------
+    def alert(self, alert_id: str) -> Alert:
+        a = self.store.get_alert(alert_id)
+        if a is None:
+            raise NotFound(f"unknown alert {alert_id!r}")
+        return a
+
+    def acknowledge(self, alert_id: str, who: str) -> Alert:
+        return self._transition(alert_id, lambda a: ack_alert(a, who, time.time()), "acknowledged")
+
+    def close(self, alert_id: str, who: str, reason: str) -> Alert:
+        return self._transition(alert_id, lambda a: close_alert(a, who, time.time(), reason), "closed")
+
+    def _transition(self, alert_id: str, change: Any, action: str) -> Alert:
+        current = self.alert(alert_id)
+        entry = self._streams.get(current.stream)
+        live = entry.policy.alert if entry is not None else None
+        if live is not None and live.id == alert_id:
+            current = live  # the episode is still going: its newest evidence is in the policy state
+        updated: Alert = change(current)
+        if entry is not None and live is not None and live.id == alert_id:
+            entry.policy = dataclasses.replace(entry.policy, alert=updated)
+        self.store.put_alert(updated)
+        self.emit("alert", updated.stream, {"action": action, "alert": updated.to_dict()})
+        return updated
+
+    # ---- views -----------------------------------------------------------------------
+    def stream_names(self) -> list[str]:
+        return list(self._streams)
+
+    def view(self, name: str) -> StreamView:
+        entry = self._streams.get(name)
+        if entry is None:
+            raise NotFound(f"unknown stream {name!r}")
+        return StreamView(
+            name=name, url=entry.spec.url, profile=entry.spec.profile, state=entry.policy.state,
+            health=entry.runner.health() if entry.runner is not None else None,
+            whip_session=entry.whip.id if entry.whip is not None else None, last_score=entry.last_score)
+
+    def views(self) -> list[StreamView]:
+        return [self.view(n) for n in list(self._streams)]

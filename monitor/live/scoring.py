@@ -1,0 +1,126 @@
+"""One scoring loop for all live streams.
+
+Streams submit ready Windows; the loop takes everything queued (up to ``max_batch``,
+waiting ``linger_s`` for more streams to catch up), scores it with ONE
+``Scorer.score`` call in a worker thread, and hands each Score back. The event loop
+never runs the network, so ingest (WebRTC, decoding queues, websockets) never stalls
+behind it. The queue is bounded: when scoring falls behind, the oldest windows are
+dropped and counted (a live console wants the newest verdict, not a backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from expose.monitor.features.windows import Window
+from expose.monitor.model.scorer import Score, Scorer
+from expose.profiles.store import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    window: Window
+    profile: Profile | None  # None: nobody claimed -> insufficient, never scored as anyone
+    ready_at: float = field(default_factory=time.monotonic)  # when the window's last frame was in
+
+
+@dataclass(frozen=True)
+class ScoredWindow:
+    request: ScoreRequest
+    score: Score
+    latency_s: float  # window ready -> score available
+
+
+OnScores = Callable[[list[ScoredWindow]], Awaitable[None]]
+
+
+class ScoringLoop:
+    def __init__(self, scorer: Scorer, on_scores: OnScores, *, max_batch: int = 64, linger_s: float = 0.02,
+                 max_queue: int = 1024) -> None:
+        self.scorer = scorer
+        self._on_scores = on_scores
+        self.max_batch = max_batch
+        self.linger_s = linger_s
+        self._queue: collections.deque[ScoreRequest] = collections.deque(maxlen=max_queue)
+        self._wake = asyncio.Event()
+        # one thread: torch already uses every core inside a call; two calls would fight
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.dropped = 0
+        self.batches = 0
+        self.scored = 0
+        self.last_batch_size = 0
+        self.last_latency_s: float | None = None
+        self._in_flight = False
+
+    def submit(self, request: ScoreRequest) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1  # deque(maxlen) drops the oldest on append
+        self._queue.append(request)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """Windows queued or being scored."""
+        return bool(self._queue) or self._in_flight
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if not self._queue:
+                    continue
+                if self.linger_s and len(self._queue) < self.max_batch:
+                    await asyncio.sleep(self.linger_s)
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                if self._queue:
+                    self._wake.set()
+                self._in_flight = True
+                try:
+                    await self._score_batch(loop, batch)
+                finally:
+                    self._in_flight = False
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[ScoreRequest]) -> None:
+        try:
+            scores = await loop.run_in_executor(self._pool, self._score, batch)
+        except Exception:  # a scorer failure must not end live monitoring
+            log.exception("scoring a batch of %d windows failed", len(batch))
+            return
+        now = time.monotonic()
+        results = [ScoredWindow(r, s, now - r.ready_at) for r, s in zip(batch, scores, strict=True)]
+        self.batches += 1
+        self.scored += len(results)
+        self.last_batch_size = len(results)
+        self.last_latency_s = max(r.latency_s for r in results)
+        await self._on_scores(results)
+
+    def _score(self, batch: list[ScoreRequest]) -> list[Score]:
+        claimed = [i for i, r in enumerate(batch) if r.profile is not None]
+        out: dict[int, Score] = {}
+        if claimed:
+            ws = [batch[i].window for i in claimed]
+            profs = [batch[i].profile for i in claimed]
+            scores = self.scorer.score(ws, [p.tokens for p in profs if p], [p.name for p in profs if p])
+            out.update(zip(claimed, scores, strict=True))
+        for i, r in enumerate(batch):
+            if r.profile is None:
+                w = r.window
+                out[i] = Score(w.stream, "", w.t0, w.t1, "insufficient", w.face_ratio, w.speech_ratio,
+                               reason="no claimed profile")
+        return [out[i] for i in range(len(batch))]

@@ -1,0 +1,151 @@
+"""Scorer: Windows + claimed profiles -> Scores, by diffusion reconstruction (ExposeAnyone).
+
+For each window, the expressions are noised at a few fixed diffusion times with fixed
+noise draws and reconstructed three ways: with the subject's tokens, with the null
+tokens, and with the subject's tokens but the window's audio shifted in time. All
+(window, time, draw, branch) combinations go through the network as ONE batched
+forward pass; no iterative sampling.
+
+Two terms, each kept in the Score so a console can say why a window was flagged:
+- ``identity`` = mean log(err_subject / err_null): below 0 when the subject's tokens
+  explain the motion better than "anyone" does; content-agnostic, since hard content
+  raises both errors.
+- ``sync`` = mean log(err_subject / err_subject_with_shifted_audio) over the mouth and
+  jaw channels (what the audio should explain): below 0 when the true audio explains
+  the mouth better than the same audio out of sync. The identity
+  ratio alone is blind to dubbing and lip-sync (both branches hear the same wrong
+  audio); this term is not.
+- ``fit`` = mean log(err_subject) over the mouth and jaw channels: how well the subject's
+  personalised model explains the mouth at all. The two ratios cancel what both of their
+  branches fail on, so a mouth that no one moves like that (the jitter and the
+  over-articulated or implausible shapes of generated lip-sync) leaves them unmoved; this
+  absolute term sees it. It depends on content and recording quality, so profiles
+  centre it on their own calibration windows (profiles/store.py).
+``distance = w_identity * identity + w_sync * sync + w_fit * fit``; higher means less like
+the person.
+
+Noise draws are generated once from a fixed seed and shared by every window, so a
+window always gets the same score whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from expose.monitor.features.windows import Window
+from expose.monitor.model.diffusion import add_noise
+from expose.monitor.model.exam import Exam, LoadedModel
+from expose.monitor.model.score import Score, ScoreSettings
+
+DEFAULT_HOP = 25  # one window per second, offline and live
+
+
+def settings_for(base: LoadedModel) -> ScoreSettings:
+    """Scorer settings, with the term weights chosen on validation when the model carries them."""
+    w = base.meta.get("score_weights") or {}
+    return ScoreSettings(w_identity=float(w.get("identity", 1.0)), w_sync=float(w.get("sync", 1.0)),
+                         w_fit=float(w.get("fit", 0.0)))
+
+@dataclass
+class Scorer:
+    model: Exam
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device).eval()
+        cfg = self.model.cfg
+        gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
+        # (times, draws, T, D): one fixed noise draw per (time, draw), shared by all windows
+        self._noise = torch.randn(len(self.settings.times), self.settings.draws, cfg.window,
+                                  cfg.expr_dim, generator=gen).to(self.device)
+        self._shift = int(round(self.settings.audio_shift_s * 25))
+
+    def insufficiency(self, w: Window) -> str:
+        s = self.settings
+        if w.length != self.model.cfg.window:
+            return f"window has {w.length} frames, the model takes {self.model.cfg.window}"
+        if w.face_ratio < s.min_face:
+            return f"face on {100 * w.face_ratio:.0f}% of frames (< {100 * s.min_face:.0f}%)"
+        if w.speech_ratio < s.min_speech:
+            return f"speech on {100 * w.speech_ratio:.0f}% of frames (< {100 * s.min_speech:.0f}%)"
+        return ""
+
+    @torch.no_grad()
+    def score(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str]) -> list[Score]:
+        """Score each window against its claimed profile's tokens (K, d)."""
+        if not (len(windows) == len(tokens) == len(profiles)):
+            raise ValueError("windows, tokens and profiles must have the same length")
+        reasons = [self.insufficiency(w) for w in windows]
+        ok = [i for i, r in enumerate(reasons) if not r]
+        results: dict[int, Score] = {}
+        for i, r in enumerate(reasons):
+            if r:
+                w = windows[i]
+                results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "insufficient", w.face_ratio,
+                                   w.speech_ratio, reason=r)
+        if ok:
+            errs, mouth = self._errors([windows[i] for i in ok], torch.stack([tokens[i] for i in ok]))
+            for j, i in enumerate(ok):
+                w = windows[i]
+                e_sub, e_null = errs[:, :, j, 0], errs[:, :, j, 1]
+                ident = float(torch.log(e_sub / e_null).mean())
+                ident_mouth = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 1]).mean())
+                sync = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 2]).mean())
+                fit = float(torch.log(mouth[:, :, j, 0].clamp(min=1e-8)).mean())
+                st = self.settings
+                dist = st.w_identity * ident + st.w_sync * sync + st.w_fit * fit
+                results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "scored", w.face_ratio,
+                                   w.speech_ratio, distance=dist, identity=ident, sync=sync, fit=fit,
+                                   identity_mouth=ident_mouth, err_subject=float(e_sub.mean()),
+                                   err_null=float(e_null.mean()))
+        return [results[i] for i in range(len(windows))]
+
+    def score_batched(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str],
+                      batch: int = 32) -> list[Score]:
+        """score() in chunks of ``batch`` windows: bounds memory; a window's score does not
+        depend on what else is in its batch."""
+        out: list[Score] = []
+        for i in range(0, len(windows), batch):
+            out += self.score(windows[i : i + batch], tokens[i : i + batch], profiles[i : i + batch])
+        return out
+
+    def _errors(self, windows: list[Window], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(times, draws, W, 3) reconstruction errors over all channels and over the mouth
+        channels; branches: subject, null, subject with shifted audio."""
+        m = self.model
+        n_t, n_d = len(self.settings.times), self.settings.draws
+        n_w = len(windows)
+        x0 = torch.from_numpy(np.stack([w.centered_expression() for w in windows])).to(self.device)
+        audio = torch.from_numpy(np.stack([w.audio for w in windows])).to(self.device)
+        mask = torch.from_numpy(np.stack([w.observed for w in windows])).to(self.device)  # errors: real frames
+        x0 = m.normalize_expression(x0)  # (W, T, D)
+        audio_n = m.normalize_audio(audio)
+        shifted = m.encode_audio(torch.roll(audio_n, shifts=self._shift, dims=1))
+        audio_n = m.encode_audio(audio_n)
+        null = m.null_tokens.expand(n_w, -1, -1)
+        tokens = tokens.to(self.device)
+        # Build the whole batch: (times, draws, branch, W) flattened.
+        branch_audio = torch.stack([audio_n, audio_n, shifted])  # (3, W, T, d) encoded
+        branch_tokens = torch.stack([tokens, null, tokens])  # (3, W, K, d)
+        big = n_t * n_d * 3 * n_w
+        x0_b = x0.expand(n_t, n_d, 3, *x0.shape).reshape(big, *x0.shape[1:])
+        mask_b = mask.expand(n_t, n_d, 3, *mask.shape).reshape(big, -1)
+        audio_b = branch_audio.expand(n_t, n_d, *branch_audio.shape).reshape(big, *audio_n.shape[1:])
+        tok_b = branch_tokens.expand(n_t, n_d, *branch_tokens.shape).reshape(big, *tokens.shape[1:])
+        times = torch.tensor(self.settings.times, device=self.device)
+        t_b = times.view(n_t, 1, 1, 1).expand(n_t, n_d, 3, n_w).reshape(big)
+        noise_b = self._noise[:, :, None, None].expand(n_t, n_d, 3, n_w, *self._noise.shape[2:])
+        noise_b = noise_b.reshape(big, *x0.shape[1:])
+        x_t = add_noise(x0_b, t_b, noise_b)
+        x0_hat = m(x_t, t_b, audio_b, tok_b)  # the one batched forward pass
+        err = m.window_error(x0_b, x0_hat, mask_b)  # (big,)
+        mouth = m.window_error(x0_b, x0_hat, mask_b, m.mouth_weight)
+
+        def arrange(e: torch.Tensor) -> torch.Tensor:
+            return e.view(n_t, n_d, 3, n_w).permute(0, 1, 3, 2)  # (times, draws, W, 3)
+
+        return arrange(err), arrange(mouth)
