@@ -24,10 +24,7 @@ from expose.monitor.config import STARTER_MODEL, FeatureConfig
 from expose.monitor.features.cache import FeatureCache
 from expose.monitor.features.windows import windows_of
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import (
-    Scorer,
-    settings_for,
-)
+from expose.monitor.model.scorer import Scorer, requests_for
 from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import Reference
@@ -56,16 +53,16 @@ def main() -> None:
     enroll("bench", base, ref, EnrollConfig(steps=args.steps))
     enroll_s = time.perf_counter() - t0
 
-    scorer = Scorer(base.model, settings_for(base))
+    scorer = Scorer(base.model, base.weights.settings())
     windows = [w for w in windows_of(track, base.model.cfg.window, 25) if not scorer.insufficiency(w)]
     tok = base.model.null_tokens.detach()
     throughput = {}
     for batch in (1, 8, 32):
         ws = (windows * ((batch // len(windows)) + 1))[:batch]
-        scorer.score(ws, [tok] * len(ws), ["b"] * len(ws))  # warm-up
+        scorer.score(requests_for(ws, tok, "b"))  # warm-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 5.0:
-            scorer.score(ws, [tok] * len(ws), ["b"] * len(ws))
+            scorer.score(requests_for(ws, tok, "b"))
             n += len(ws)
         rate = n / (time.perf_counter() - t0)
         throughput[batch] = {"windows_per_s": round(rate, 2), "x_realtime_at_1s_hop": round(rate * 1.0, 2)}

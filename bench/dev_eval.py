@@ -43,7 +43,7 @@ from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import center_expression, windows_of
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import Scorer, settings_for
+from expose.monitor.model.scorer import Scorer
 from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import Profile, Reference
@@ -146,7 +146,7 @@ def main() -> None:
             e, test_tracks[name] = [t.segment(0, cut)], [t.segment(cut, len(t))]
         enroll_tracks[name] = e
 
-    scorer = Scorer(base.model, settings_for(base))
+    scorer = Scorer(base.model, base.weights.settings())
     policy = AlertPolicy(PolicySettings.from_config(AlertSection()))
     ecfg = EnrollConfig(steps=args.enroll_steps, session_gain=args.enroll_session_gain)
 

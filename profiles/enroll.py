@@ -22,7 +22,7 @@ import torch
 
 from expose.monitor.features.windows import Window
 from expose.monitor.model.exam import LoadedModel
-from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreSettings, settings_for
+from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreSettings, requests_for
 from expose.monitor.model.smoothing import overlap_sd_ratios
 from expose.monitor.training.corpus import TrackArrays
 from expose.monitor.training.train import Segment, WindowSampler, valid_starts
@@ -74,7 +74,7 @@ def enroll(
     on_step: Callable[[int, float], None] | None = None,
 ) -> Profile:
     cfg = cfg or EnrollConfig()
-    score_settings = score_settings or settings_for(base)
+    score_settings = score_settings or base.weights.settings()
     model = base.model.eval()
     length = model.cfg.window
     for p in model.parameters():
@@ -122,7 +122,7 @@ def enroll(
 
     def terms(windows: list[Window]) -> np.ndarray:
         """(N, 3): distance, identity and fit terms of the scored windows."""
-        scores = scorer.score_batched(windows, [tok] * len(windows), [name] * len(windows))
+        scores = scorer.score_batched(requests_for(windows, tok, name))
         return np.array([(s.distance, s.identity, s.fit) for s in scores
                          if s.distance is not None and s.identity is not None and s.fit is not None]).reshape(-1, 3)
 
@@ -136,16 +136,16 @@ def enroll(
         calib_source = CALIBRATED_ON_REFERENCE
     if len(d) == 0:
         raise EnrollError("no calibration window has enough face and speech; give longer references")
-    weights = base.meta.get("score_weights") or {}
+    weights = base.weights
     dist = d[:, 0]
     # A few correlated windows underestimate the genuine spread: never go below the spread
     # measured on the base model's validation windows (genuine footage of many people, with
-    # the terms a profile centres centred per person: monitor/fusion.py).
-    std_floor = float(weights.get("genuine_std", cfg.min_std))
+    # the terms a profile centres centred per person: monitor/model/fusion.py).
+    std_floor = weights.genuine_std if weights.genuine_std is not None else cfg.min_std
     mean, std = float(dist.mean()), float(max(dist.std(), std_floor, cfg.min_std))
     z = NormalDist().inv_cdf(1 - cfg.target_far)
     threshold = max(mean + z * std, float(np.quantile(dist, 1 - cfg.target_far)))
-    ratios = weights.get("smoothing_sd_ratio") or overlap_sd_ratios(length, DEFAULT_HOP)
+    ratios = weights.smoothing_sd_ratio or overlap_sd_ratios(length, DEFAULT_HOP)
     calib = Calibration(
         n_windows=len(d), mean=mean, std=std, threshold=threshold, target_far=cfg.target_far,
         quantiles={q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.99")},

@@ -14,7 +14,7 @@ from expose.monitor.features.expressions import EXPRESSION_NAMES
 from expose.monitor.features.windows import AUDIO_DIM, windows_of
 from expose.monitor.model.exam import Exam, ModelConfig
 from expose.monitor.model.fusion import MOUTH, choose_weights, transplant, validation_families
-from expose.monitor.model.scorer import Scorer, ScoreSettings
+from expose.monitor.model.scorer import Scorer, ScoreSettings, requests_for
 from expose.monitor.training.corpus import TrackArrays
 from expose.monitor.training.train import Segment, WindowSampler, mirror_expression
 
@@ -61,8 +61,8 @@ def test_fit_term_is_the_subject_mouth_error_and_enters_the_distance(real_window
     m = Exam(TINY)
     tok = m.null_tokens.detach() + 0.1
     ws = real_windows[:3]
-    base = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.0)).score(ws, [tok] * 3, ["p"] * 3)
-    fused = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.5)).score(ws, [tok] * 3, ["p"] * 3)
+    base = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.0)).score(requests_for(ws, tok, "p"))
+    fused = Scorer(m, ScoreSettings(w_identity=1.0, w_sync=1.0, w_fit=0.5)).score(requests_for(ws, tok, "p"))
     for a, b in zip(base, fused, strict=True):
         assert a.fit is not None and math.isfinite(a.fit)
         assert a.fit == pytest.approx(b.fit)
@@ -70,7 +70,7 @@ def test_fit_term_is_the_subject_mouth_error_and_enters_the_distance(real_window
     # a mouth that jitters from frame to frame is explained worse, whoever it is
     jitter = np.random.default_rng(1).normal(0, 0.15, (TINY.window, int(MOUTH.sum()))).astype(np.float32)
     rough = [dataclasses.replace(w, expression=_with_mouth(w.expression, jitter)) for w in ws]
-    worse = Scorer(m).score(rough, [tok] * 3, ["p"] * 3)
+    worse = Scorer(m).score(requests_for(rough, tok, "p"))
     assert all(r.fit > a.fit for r, a in zip(worse, base, strict=True))
 
 
@@ -109,12 +109,12 @@ def _families(rng: np.random.Generator, n: int = 80) -> dict[str, np.ndarray]:
 def test_choose_weights_balances_the_terms_each_family_needs() -> None:
     fam = _families(np.random.default_rng(0))
     w = choose_weights(fam)
-    assert w["identity"] > 0.2 and w["sync"] > 0.2  # both attack families need their term
-    assert w["fit"] < min(w["identity"], w["sync"])  # noise gets the least weight
-    assert min(w["val_auc"]["impostor"], w["val_auc"]["dub"]) > 0.9 and w["val_worst_auc"] > 0.9
-    assert w["val_auc"]["transplant"] < 0.7  # reported, not optimised
-    fused = fam["genuine"] @ np.array([w[t] for t in ("identity", "sync", "fit")])
-    assert fused.std() == pytest.approx(w["genuine_std"])
+    assert w.identity > 0.2 and w.sync > 0.2  # both attack families need their term
+    assert w.fit < min(w.identity, w.sync)  # noise gets the least weight
+    assert min(w.val_auc["impostor"], w.val_auc["dub"]) > 0.9 and w.val_worst_auc > 0.9
+    assert w.val_auc["transplant"] < 0.7  # reported, not optimised
+    fused = fam["genuine"] @ np.array([w.identity, w.sync, w.fit])
+    assert fused.std() == pytest.approx(w.genuine_std)
 
 
 def test_genuine_spread_leaves_out_what_profiles_centre() -> None:
@@ -128,9 +128,9 @@ def test_genuine_spread_leaves_out_what_profiles_centre() -> None:
             "impostor": noise + np.array([3.0, 0.0, 0.0]), "dub": noise + np.array([0.0, 3.0, 0.0])}
     w = choose_weights(fams, groups)
     plain = choose_weights(fams)
-    assert plain["genuine_std"] == pytest.approx(w["genuine_std_uncentred"])
-    assert w["genuine_std"] < 0.5 * w["genuine_std_uncentred"]
+    assert plain.genuine_std == pytest.approx(w.genuine_std_uncentred)
+    assert w.genuine_std < 0.5 * w.genuine_std_uncentred
     # offsets in the uncentred sync term do count
     fams_sync = dict(fams, genuine=noise + offsets * np.array([0.0, 1.0, 0.0]))
     ws = choose_weights(fams_sync, groups)
-    assert ws["genuine_std"] == pytest.approx(ws["genuine_std_uncentred"], rel=0.15)
+    assert ws.genuine_std == pytest.approx(ws.genuine_std_uncentred, rel=0.15)

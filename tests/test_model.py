@@ -16,7 +16,7 @@ import torch
 from expose.monitor.features.windows import AUDIO_DIM, Window, center_expression, windows_of
 from expose.monitor.model.diffusion import add_noise, alpha_bar
 from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
-from expose.monitor.model.scorer import Scorer
+from expose.monitor.model.scorer import Scorer, requests_for
 from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import ProfileError, ProfileStore, Reference
@@ -114,9 +114,9 @@ def test_scores_are_deterministic_and_batch_independent(track_of) -> None:
     ws = _windows(track_of, "real/lrs2_00016/00016.mp4")
     assert len(ws) >= 3
     tok = m.null_tokens.detach() + 0.1
-    s1 = Scorer(m).score(ws, [tok] * len(ws), ["p"] * len(ws))
-    s2 = Scorer(m).score(ws[:1], [tok], ["p"])
-    s3 = Scorer(m).score(ws, [tok] * len(ws), ["p"] * len(ws))
+    s1 = Scorer(m).score(requests_for(ws, tok, "p"))
+    s2 = Scorer(m).score(requests_for(ws[:1], tok, "p"))
+    s3 = Scorer(m).score(requests_for(ws, tok, "p"))
     assert [s.distance for s in s1] == [s.distance for s in s3]
     assert s1[0].distance == pytest.approx(s2[0].distance, rel=1e-5, abs=1e-6)
     assert all(s.status == "scored" for s in s1)
@@ -135,8 +135,8 @@ def test_interpolated_rows_do_not_count_in_the_errors(track_of) -> None:
     expr[1::4] += 1.0  # other values on the unseen ticks only
     b = dataclasses.replace(a, expression=expr)
     tok = m.null_tokens.detach() + 0.1
-    sa, sb = Scorer(m).score([a, b], [tok, tok], ["p", "p"])
-    full = Scorer(m).score([dataclasses.replace(b, observed=np.ones(w.length, dtype=bool))], [tok], ["p"])[0]
+    sa, sb = Scorer(m).score(requests_for([a, b], tok, "p"))
+    full = Scorer(m).score(requests_for([dataclasses.replace(b, observed=np.ones(w.length, dtype=bool))], tok, "p"))[0]
     assert sa.fit is not None and sb.fit is not None and full.fit is not None
     # the model still sees the changed rows (they move its predictions a little) ...
     assert sa.fit != sb.fit
@@ -151,7 +151,7 @@ def test_window_without_face_or_speech_is_insufficient() -> None:
                     np.ones(t, bool), np.zeros(t, np.float32))
     faceless = Window("s", 0.0, t / 25, np.zeros((t, 58), np.float32), np.zeros((t, AUDIO_DIM), np.float32),
                       np.zeros(t, bool), np.ones(t, np.float32))
-    out = Scorer(m).score([silent, faceless], [m.null_tokens.detach()] * 2, ["p", "p"])
+    out = Scorer(m).score(requests_for([silent, faceless], m.null_tokens.detach(), "p"))
     assert [s.status for s in out] == ["insufficient", "insufficient"]
     assert all(s.distance is None for s in out)
     assert "speech" in out[0].reason and "face" in out[1].reason

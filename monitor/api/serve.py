@@ -28,7 +28,7 @@ from expose.monitor.live.monitor import LiveMonitor
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.whip import limit_host_candidates
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import Scorer, settings_for
+from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
 
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path)
-    scorer = Scorer(base.model, settings_for(base), device=pick_device(cfg.model.device))
+    scorer = Scorer(base.model, base.weights.settings(), device=pick_device(cfg.model.device))
     profiles = ProfileStore(profiles_dir or cfg.profiles_dir)
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)

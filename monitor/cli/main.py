@@ -323,7 +323,7 @@ def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt =
 def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, names: set[str]):  # type: ignore[no-untyped-def]
     """Load the base model and the named profiles, refusing profiles of another base model."""
     from expose.monitor.model.exam import pick_device
-    from expose.monitor.model.scorer import Scorer, settings_for
+    from expose.monitor.model.scorer import Scorer
     from expose.profiles.store import ProfileStore
 
     base = _base_model(cfg, model)
@@ -333,7 +333,7 @@ def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, nam
         p = store.load(n)
         p.check_base(base.sha256)
         loaded[n] = p
-    scorer = Scorer(base.model, settings_for(base), device=pick_device(cfg.model.device))
+    scorer = Scorer(base.model, base.weights.settings(), device=pick_device(cfg.model.device))
     return scorer, loaded
 
 

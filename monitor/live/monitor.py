@@ -29,7 +29,7 @@ from expose.monitor.features.stream import LiveFeatureSettings
 from expose.monitor.features.windows import Window
 from expose.monitor.live import watchdog as wd
 from expose.monitor.live.runner import StreamHealth, StreamRunner
-from expose.monitor.live.scoring import ScoredWindow, ScoreRequest, ScoringLoop
+from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.sources import PullSource
 from expose.monitor.media.whip import WhipSession, open_session
@@ -305,7 +305,7 @@ class LiveMonitor:
                 profile = self.profile(name)
             except ProfileError as err:
                 log.warning("stream %s: %s", window.stream, err)
-        self.loop.submit(ScoreRequest(window, profile))
+        self.loop.submit(QueuedWindow(window, profile))
 
     async def _on_scores(self, results: list[ScoredWindow]) -> None:
         now = time.time()

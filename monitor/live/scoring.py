@@ -19,14 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from expose.monitor.features.windows import Window
-from expose.monitor.model.scorer import Score, Scorer
+from expose.monitor.model.score import Score
+from expose.monitor.model.scorer import Scorer, ScoreRequest
 from expose.profiles.store import Profile
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ScoreRequest:
+class QueuedWindow:
+    """A stream's window waiting for the scorer, with the profile it is claimed as."""
+
     window: Window
     profile: Profile | None  # None: nobody claimed -> insufficient, never scored as anyone
     ready_at: float = field(default_factory=time.monotonic)  # when the window's last frame was in
@@ -34,7 +37,7 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class ScoredWindow:
-    request: ScoreRequest
+    request: QueuedWindow
     score: Score
     latency_s: float  # window ready -> score available
 
@@ -49,7 +52,7 @@ class ScoringLoop:
         self._on_scores = on_scores
         self.max_batch = max_batch
         self.linger_s = linger_s
-        self._queue: collections.deque[ScoreRequest] = collections.deque(maxlen=max_queue)
+        self._queue: collections.deque[QueuedWindow] = collections.deque(maxlen=max_queue)
         self._wake = asyncio.Event()
         # one thread: torch already uses every core inside a call; two calls would fight
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
@@ -60,7 +63,7 @@ class ScoringLoop:
         self.last_latency_s: float | None = None
         self._in_flight = False
 
-    def submit(self, request: ScoreRequest) -> None:
+    def submit(self, request: QueuedWindow) -> None:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1  # deque(maxlen) drops the oldest on append
         self._queue.append(request)
@@ -96,7 +99,7 @@ class ScoringLoop:
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[ScoreRequest]) -> None:
+    async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[QueuedWindow]) -> None:
         try:
             scores = await loop.run_in_executor(self._pool, self._score, batch)
         except Exception:  # a scorer failure must not end live monitoring
@@ -110,14 +113,12 @@ class ScoringLoop:
         self.last_latency_s = max(r.latency_s for r in results)
         await self._on_scores(results)
 
-    def _score(self, batch: list[ScoreRequest]) -> list[Score]:
-        claimed = [i for i, r in enumerate(batch) if r.profile is not None]
+    def _score(self, batch: list[QueuedWindow]) -> list[Score]:
+        claimed = {i: ScoreRequest(r.window, r.profile.tokens, r.profile.name)
+                   for i, r in enumerate(batch) if r.profile is not None}
         out: dict[int, Score] = {}
         if claimed:
-            ws = [batch[i].window for i in claimed]
-            profs = [batch[i].profile for i in claimed]
-            scores = self.scorer.score(ws, [p.tokens for p in profs if p], [p.name for p in profs if p])
-            out.update(zip(claimed, scores, strict=True))
+            out.update(zip(claimed, self.scorer.score(list(claimed.values())), strict=True))
         for i, r in enumerate(batch):
             if r.profile is None:
                 w = r.window

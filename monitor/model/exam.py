@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -29,6 +30,7 @@ from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import EXPRESSION_DIM, MOUTH_CHANNELS
 from expose.monitor.features.windows import AUDIO_DIM
 from expose.monitor.model.diffusion import add_noise, timestep_embedding
+from expose.monitor.model.score import FusionWeights
 
 CHECKPOINT_FORMAT = "expose-exam-1"
 N_MEL_FEATURES = MELS_PER_FRAME * N_MELS
@@ -189,6 +191,7 @@ class LoadedModel:
     meta: dict
     sha256: str
     path: Path
+    weights: FusionWeights = field(default_factory=FusionWeights)  # meta["score_weights"], validated
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -209,7 +212,14 @@ def load_model(path: Path) -> LoadedModel:
     except Exception as err:  # safetensors raises several types for damaged files
         raise ModelFileError(f"{path}: unreadable model file ({str(err).splitlines()[0]})") from None
     model.eval()
-    return LoadedModel(model, json.loads(header.get("meta", "{}")), file_digest(path), path)
+    meta = json.loads(header.get("meta", "{}"))
+    try:
+        weights = FusionWeights.model_validate(meta.get("score_weights") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
+    return LoadedModel(model, meta, file_digest(path), path, weights)
 
 
 def pick_device(name: str) -> torch.device:

@@ -30,7 +30,8 @@ from expose.monitor.features.expressions import MOUTH_CHANNELS as MOUTH
 from expose.monitor.features.windows import Window
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import Exam
-from expose.monitor.model.scorer import Scorer, ScoreSettings
+from expose.monitor.model.score import FusionWeights
+from expose.monitor.model.scorer import Scorer, ScoreRequest, ScoreSettings
 
 TERMS = ("identity", "sync", "fit")
 CHOSEN_ON = ("impostor", "dub")
@@ -47,8 +48,9 @@ def transplant(w: Window, donor: Window) -> Window:
 def term_matrix(scorer: Scorer, windows: list[Window], tokens: list[torch.Tensor]) -> np.ndarray:
     """(N, 3) identity, sync and fit terms of each window (NaN rows where not scored)."""
     nan = float("nan")
-    return np.array([(s.identity, s.sync, s.fit) if s.distance is not None else (nan, nan, nan)
-                     for s in scorer.score_batched(windows, tokens, ["val"] * len(windows))], dtype=np.float64)
+    scores = scorer.score_batched([ScoreRequest(w, t, "val") for w, t in zip(windows, tokens, strict=True)])
+    return np.array([(s.identity, s.sync, s.fit) if s.distance is not None else (nan, nan, nan) for s in scores],
+                    dtype=np.float64)
 
 
 def _auc(genuine: np.ndarray, attack: np.ndarray) -> float:
@@ -97,7 +99,7 @@ def centred_spread(gen: np.ndarray, w: np.ndarray, groups: np.ndarray) -> float 
 
 
 def choose_weights(families: dict[str, np.ndarray], groups: np.ndarray | None = None,
-                   steps: int = 24) -> dict[str, object]:
+                   steps: int = 24) -> FusionWeights:
     """Unit-spread terms, then the direction in the positive octant with the best worst AUC
     over CHOSEN_ON (ties: the better mean over them).
 
@@ -122,8 +124,9 @@ def choose_weights(families: dict[str, np.ndarray], groups: np.ndarray | None = 
     fused = gen @ w
     plain = float(np.nanstd(fused))
     centred = centred_spread(gen, w, groups) if groups is not None else None
-    return {**{t: float(x) for t, x in zip(TERMS, w, strict=True)},
-            "genuine_std": centred if centred is not None else plain, "genuine_std_uncentred": plain,
-            "n_windows": int(np.isfinite(fused).sum()),
-            "val_worst_auc": best[0], "val_auc": {f: round(v, 4) for f, v in best[3].items()},
-            **{f"{t}_sd": float(x) for t, x in zip(TERMS, sd, strict=True)}}
+    return FusionWeights(
+        identity=float(w[0]), sync=float(w[1]), fit=float(w[2]),
+        genuine_std=centred if centred is not None else plain, genuine_std_uncentred=plain,
+        n_windows=int(np.isfinite(fused).sum()), val_worst_auc=best[0],
+        val_auc={f: round(v, 4) for f, v in best[3].items()},
+        identity_sd=float(sd[0]), sync_sd=float(sd[1]), fit_sd=float(sd[2]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 Status = Literal["scored", "insufficient"]
 
 
@@ -48,3 +50,35 @@ class Score:
             raise ValueError("a scored window needs a distance")
         if self.status == "insufficient" and self.distance is not None:
             raise ValueError("an insufficient window must not carry a distance")
+
+
+class FusionWeights(BaseModel):
+    """How the score's terms are fused, as chosen on validation windows at the end of
+    training (model/fusion.py) and stored in the checkpoint's ``score_weights``.
+
+    Read in one place (``LoadedModel.weights``); a checkpoint without it (an untrained or
+    older model) gets the defaults: identity + sync, no fit term, no spread floor, and the
+    smoothing ratios that window overlap alone implies.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identity: float = Field(1.0, description="Weight of the identity term.")
+    sync: float = Field(1.0, description="Weight of the sync term.")
+    fit: float = Field(0.0, description="Weight of the fit term.")
+    genuine_std: float | None = Field(None, gt=0, description="Spread of the fused distance on genuine "
+                                      "validation windows, per-profile terms centred per identity: the "
+                                      "floor of every profile's spread and the unit of normalised distances.")
+    genuine_std_uncentred: float | None = Field(None, description="The same spread without centring (reported).")
+    n_windows: int | None = Field(None, description="Validation windows the weights were chosen on.")
+    val_worst_auc: float | None = Field(None, description="Worst validation AUC over the families chosen on.")
+    val_auc: dict[str, float] = Field(default_factory=dict, description="Validation AUC per attack family.")
+    identity_sd: float | None = Field(None, description="Genuine spread of the identity term.")
+    sync_sd: float | None = Field(None, description="Genuine spread of the sync term.")
+    fit_sd: float | None = Field(None, description="Genuine spread of the fit term.")
+    smoothing_sd_ratio: list[float] | None = Field(
+        None, description="sd(mean of n consecutive windows) / sd(one window), n = 1, 2, ... (model/smoothing.py).")
+
+    def settings(self) -> ScoreSettings:
+        """Scorer settings with these weights (the other fields at their defaults)."""
+        return ScoreSettings(w_identity=self.identity, w_sync=self.sync, w_fit=self.fit)

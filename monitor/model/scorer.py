@@ -37,17 +37,29 @@ import torch
 
 from expose.monitor.features.windows import Window
 from expose.monitor.model.diffusion import add_noise
-from expose.monitor.model.exam import Exam, LoadedModel
+from expose.monitor.model.exam import Exam
 from expose.monitor.model.score import Score, ScoreSettings
 
 DEFAULT_HOP = 25  # one window per second, offline and live
 
 
-def settings_for(base: LoadedModel) -> ScoreSettings:
-    """Scorer settings, with the term weights chosen on validation when the model carries them."""
-    w = base.meta.get("score_weights") or {}
-    return ScoreSettings(w_identity=float(w.get("identity", 1.0)), w_sync=float(w.get("sync", 1.0)),
-                         w_fit=float(w.get("fit", 0.0)))
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One window to score against one claimed profile."""
+
+    window: Window
+    tokens: torch.Tensor  # (K, d_model) the claimed profile's adapter tokens
+    profile: str  # the claimed profile's name, carried into the Score
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 2:
+            raise ValueError(f"tokens must be (K, d_model), got shape {tuple(self.tokens.shape)}")
+
+
+def requests_for(windows: list[Window], tokens: torch.Tensor, profile: str) -> list[ScoreRequest]:
+    """Every window claimed as the same profile (a clip, a reference, a validation set)."""
+    return [ScoreRequest(w, tokens, profile) for w in windows]
+
 
 @dataclass
 class Scorer:
@@ -75,22 +87,21 @@ class Scorer:
         return ""
 
     @torch.no_grad()
-    def score(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str]) -> list[Score]:
-        """Score each window against its claimed profile's tokens (K, d)."""
-        if not (len(windows) == len(tokens) == len(profiles)):
-            raise ValueError("windows, tokens and profiles must have the same length")
-        reasons = [self.insufficiency(w) for w in windows]
+    def score(self, requests: list[ScoreRequest]) -> list[Score]:
+        """Score each window against its claimed profile's tokens, in one batched pass."""
+        reasons = [self.insufficiency(r.window) for r in requests]
         ok = [i for i, r in enumerate(reasons) if not r]
         results: dict[int, Score] = {}
         for i, r in enumerate(reasons):
             if r:
-                w = windows[i]
-                results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "insufficient", w.face_ratio,
+                w = requests[i].window
+                results[i] = Score(w.stream, requests[i].profile, w.t0, w.t1, "insufficient", w.face_ratio,
                                    w.speech_ratio, reason=r)
         if ok:
-            errs, mouth = self._errors([windows[i] for i in ok], torch.stack([tokens[i] for i in ok]))
+            errs, mouth = self._errors([requests[i].window for i in ok],
+                                       torch.stack([requests[i].tokens for i in ok]))
             for j, i in enumerate(ok):
-                w = windows[i]
+                w = requests[i].window
                 e_sub, e_null = errs[:, :, j, 0], errs[:, :, j, 1]
                 ident = float(torch.log(e_sub / e_null).mean())
                 ident_mouth = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 1]).mean())
@@ -98,19 +109,18 @@ class Scorer:
                 fit = float(torch.log(mouth[:, :, j, 0].clamp(min=1e-8)).mean())
                 st = self.settings
                 dist = st.w_identity * ident + st.w_sync * sync + st.w_fit * fit
-                results[i] = Score(w.stream, profiles[i], w.t0, w.t1, "scored", w.face_ratio,
+                results[i] = Score(w.stream, requests[i].profile, w.t0, w.t1, "scored", w.face_ratio,
                                    w.speech_ratio, distance=dist, identity=ident, sync=sync, fit=fit,
                                    identity_mouth=ident_mouth, err_subject=float(e_sub.mean()),
                                    err_null=float(e_null.mean()))
-        return [results[i] for i in range(len(windows))]
+        return [results[i] for i in range(len(requests))]
 
-    def score_batched(self, windows: list[Window], tokens: list[torch.Tensor], profiles: list[str],
-                      batch: int = 32) -> list[Score]:
+    def score_batched(self, requests: list[ScoreRequest], batch: int = 32) -> list[Score]:
         """score() in chunks of ``batch`` windows: bounds memory; a window's score does not
         depend on what else is in its batch."""
         out: list[Score] = []
-        for i in range(0, len(windows), batch):
-            out += self.score(windows[i : i + batch], tokens[i : i + batch], profiles[i : i + batch])
+        for i in range(0, len(requests), batch):
+            out += self.score(requests[i : i + batch])
         return out
 
     def _errors(self, windows: list[Window], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

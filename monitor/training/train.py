@@ -31,7 +31,8 @@ from expose.monitor.features.track import SPEECH_THRESHOLD
 from expose.monitor.features.windows import Window, center_expression
 from expose.monitor.model.diffusion import add_noise
 from expose.monitor.model.exam import Exam, ModelConfig, pick_device, save_model
-from expose.monitor.model.scorer import Scorer, ScoreSettings
+from expose.monitor.model.score import FusionWeights, ScoreSettings
+from expose.monitor.model.scorer import Scorer, requests_for
 from expose.monitor.model.smoothing import empirical_sd_ratios, overlap_sd_ratios
 from expose.monitor.training.corpus import TrackArrays
 
@@ -325,7 +326,7 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
 
 
 def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig,
-                        ) -> dict[str, object]:
+                        ) -> FusionWeights:
     """Reload the best checkpoint, fit the score weights on its validation windows, measure
     how smoothing shrinks the genuine spread, re-save."""
     from expose.monitor.model.exam import load_model
@@ -336,21 +337,20 @@ def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str],
     _, seen, _, _ = split_segments(tracks, identities, set(holdout), cfg, best.model.cfg.window)
     windows = validation_windows(seen, best.model.cfg.window)
     families = validation_families(best.model, windows)
-    weights: dict[str, object] = dict(choose_weights(families, np.array([k for _, k in windows])))
-    weights["smoothing_sd_ratio"] = smoothing_ratios(best.model, weights, tracks, identities)
-    save_model(best.model, out, {**best.meta, "score_weights": weights})
+    weights = choose_weights(families, np.array([k for _, k in windows]))
+    weights = weights.model_copy(update={"smoothing_sd_ratio": smoothing_ratios(best.model, weights, tracks,
+                                                                                identities)})
+    save_model(best.model, out, {**best.meta, "score_weights": weights.model_dump(exclude_none=True)})
     return weights
 
 
-def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[TrackArrays],
+def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[TrackArrays],
                      identities: list[str], hop: int = 25) -> list[float]:
     """sd(mean of n consecutive windows) / sd(one window) of the fused distance on the
     training identities' recordings with their own tokens (monitor/smoothing.py); the
     overlap bound where the recordings are too short to measure it."""
     length = model.cfg.window
-    scorer = Scorer(model, ScoreSettings(w_identity=float(weights["identity"]),  # type: ignore[arg-type]
-                                         w_sync=float(weights["sync"]),  # type: ignore[arg-type]
-                                         w_fit=float(weights.get("fit", 0.0))))  # type: ignore[arg-type]
+    scorer = Scorer(model, weights.settings())
     index = {n: i for i, n in enumerate(identities)}
     series: list[np.ndarray] = []
     for tr in tracks:
@@ -359,7 +359,7 @@ def smoothing_ratios(model: Exam, weights: dict[str, object], tracks: list[Track
         ws = tr.windows(0, len(tr), length, hop)
         tok = model.id_tokens[index[tr.identity]].detach()
         run: list[float] = []
-        for sc in scorer.score_batched(ws, [tok] * len(ws), ["cal"] * len(ws)):
+        for sc in scorer.score_batched(requests_for(ws, tok, "cal")):
             if sc.distance is None:  # a gap ends a run of consecutive windows
                 if run:
                     series.append(np.array(run))

@@ -1,0 +1,72 @@
+"""The scorer's typed boundaries: fusion weights read once from the checkpoint (validated,
+defaults for a model without them) and typed score requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from expose.monitor.config import STARTER_MODEL
+from expose.monitor.features.windows import AUDIO_DIM, Window
+from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
+from expose.monitor.model.score import FusionWeights
+from expose.monitor.model.scorer import Scorer, ScoreRequest, requests_for
+
+TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
+
+
+def _window(seed: int, length: int) -> Window:
+    rng = np.random.default_rng(seed)
+    ones = np.ones(length, dtype=bool)
+    return Window("s", 0.0, length / 25, rng.normal(size=(length, 58)).astype(np.float32),
+                  rng.normal(size=(length, AUDIO_DIM)).astype(np.float32), ones, np.ones(length, np.float32), ones)
+
+
+def test_starter_model_weights_are_typed_and_drive_the_scorer() -> None:
+    base = load_model(STARTER_MODEL)
+    w = base.weights
+    assert w.fit > 0 and w.genuine_std is not None and w.smoothing_sd_ratio  # chosen on validation
+    s = w.settings()
+    assert (s.w_identity, s.w_sync, s.w_fit) == (w.identity, w.sync, w.fit)
+
+
+def test_a_model_without_weights_gets_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(Exam(TINY), path, {"identities": ["a", "b", "c"]})
+    w = load_model(path).weights
+    assert w == FusionWeights() and (w.identity, w.sync, w.fit) == (1.0, 1.0, 0.0)
+    assert w.genuine_std is None and w.smoothing_sd_ratio is None
+
+
+@pytest.mark.parametrize("bad", [{"identity": "heavy"}, {"genuine_std": -1.0}, {"colour": 1.0}])
+def test_invalid_weights_in_a_checkpoint_fail_in_one_line(tmp_path: Path, bad: dict[str, object]) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(Exam(TINY), path, {"identities": ["a", "b", "c"], "score_weights": bad})
+    with pytest.raises(ModelFileError, match=r"invalid score_weights") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_weights_survive_the_checkpoint_round_trip(tmp_path: Path) -> None:
+    w = FusionWeights(identity=0.5, sync=2.0, fit=1.5, genuine_std=0.8, smoothing_sd_ratio=[1.0, 0.9])
+    path = tmp_path / "m.safetensors"
+    save_model(Exam(TINY), path, {"score_weights": w.model_dump(exclude_none=True)})
+    assert load_model(path).weights == w
+
+
+def test_score_requests_are_typed_and_mixed_profiles_score_in_one_call() -> None:
+    torch.manual_seed(0)
+    m = Exam(TINY).eval()
+    with pytest.raises(ValueError, match="tokens must be"):
+        ScoreRequest(_window(0, TINY.window), torch.zeros(TINY.d_model), "p")
+    ws = [_window(i, TINY.window) for i in range(3)]
+    tok_a, tok_b = m.id_tokens[0].detach(), m.id_tokens[1].detach()
+    mixed = Scorer(m).score([ScoreRequest(ws[0], tok_a, "a"), ScoreRequest(ws[1], tok_b, "b"),
+                             ScoreRequest(ws[2], tok_a, "a")])
+    assert [s.profile for s in mixed] == ["a", "b", "a"]
+    alone = Scorer(m).score(requests_for(ws[1:2], tok_b, "b"))[0]
+    assert mixed[1].distance == pytest.approx(alone.distance, abs=1e-5)  # batch-independent
+    assert mixed[0].identity != pytest.approx(Scorer(m).score(requests_for(ws[:1], tok_b, "b"))[0].identity)
