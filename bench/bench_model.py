@@ -2,7 +2,7 @@
 throughput (windows/s and x real time at a 1 s hop) for several batch sizes, plus how
 much the audio matters on held-out windows (error ratio with shifted / true audio).
 
-    python3 bench/bench_model.py [--model PATH] [--reference CLIP] [--json]
+    .venv/bin/python bench/bench_model.py [--model PATH] [--reference CLIP] [--json]
 
 Features come from the feature cache (extracted once; extraction speed is measured by
 bench/bench_features.py). Times are wall-clock on whatever else the machine is doing:
@@ -22,10 +22,10 @@ import torch
 
 from expose.monitor.config import STARTER_MODEL, FeatureConfig
 from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import windows_of
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import Scorer, requests_for
-from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import Reference
 
@@ -47,14 +47,14 @@ def main() -> None:
     base = load_model(args.model)
     cache = FeatureCache(args.cache, FeatureConfig(), args.face_model)
     track, _ = cache.get(args.reference)
-    track = track.segment(0, min(len(track), 60 * 25))
-    ref = [(TrackArrays.of(track, "bench"), Reference(str(args.reference), track.media_sha256, track.duration, 0))]
+    track = track.segment(0, min(len(track), 60 * FPS))
+    ref = [(track, Reference(str(args.reference), track.media_sha256, track.duration, 0))]
     t0 = time.perf_counter()
     enroll("bench", base, ref, EnrollConfig(steps=args.steps))
     enroll_s = time.perf_counter() - t0
 
     scorer = Scorer(base.model, base.weights.settings())
-    windows = [w for w in windows_of(track, base.model.cfg.window, 25) if not scorer.insufficiency(w)]
+    windows = [w for w in windows_of(track, base.model.cfg.window, FPS) if not scorer.insufficiency(w)]
     tok = base.model.null_tokens.detach()
     throughput = {}
     for batch in (1, 8, 32):

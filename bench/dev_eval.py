@@ -21,7 +21,7 @@ Clip score = mean over windows of the profile-normalised distance (z-score). AUC
 family = genuine clips (a) of all dev identities vs that family's clips. The same table
 is produced for a non-diffusion baseline (per-person Gaussian of window statistics).
 
-    python3 bench/dev_eval.py --model monitor/assets/exam-small.safetensors [--json out.json]
+    .venv/bin/python bench/dev_eval.py --model monitor/assets/exam-small.safetensors [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from expose.monitor.alerts.policy import AlertPolicy, PolicySettings
 from expose.monitor.config import AlertSection, FeatureConfig
 from expose.monitor.evaluation.clips import score_track
 from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import center_expression, windows_of
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import Scorer
-from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import Profile, Reference
 
@@ -151,7 +151,7 @@ def main() -> None:
     ecfg = EnrollConfig(steps=args.enroll_steps, session_gain=args.enroll_session_gain)
 
     def make_profile(name: str, tracks: list[FeatureTrack]) -> Profile:
-        refs = [(TrackArrays.of(t, name), Reference(t.source, t.media_sha256, t.duration, 0)) for t in tracks]
+        refs = [(t, Reference(t.source, t.media_sha256, t.duration, 0)) for t in tracks]
         return enroll(name, base, refs, ecfg)
 
     profiles, short_profiles, baselines, enroll_s = {}, {}, {}, {}
@@ -212,7 +212,7 @@ def main() -> None:
                      "fit": term([s.fit for s in scored], cal.fit_mean),
                      "alert": res.alert_at,
                      "windows": [[s.identity, s.sync, s.fit, s.distance] for s in res.scores],
-                     "baseline": baselines[claimed].clip(window_stats(t, length, 25))
+                     "baseline": baselines[claimed].clip(window_stats(t, length, FPS))
                      if family != "genuine_short" else None})
 
     def auc(fam: str, key: str, genuine: str = "genuine") -> tuple[float | None, int]:

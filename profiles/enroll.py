@@ -20,11 +20,12 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from expose.monitor.features.timeline import FPS
+from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window
 from expose.monitor.model.exam import LoadedModel
 from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreSettings, requests_for
 from expose.monitor.model.smoothing import overlap_sd_ratios
-from expose.monitor.training.corpus import TrackArrays
 from expose.monitor.training.train import Segment, WindowSampler, valid_starts
 from expose.profiles.store import Calibration, Profile, Reference
 
@@ -57,7 +58,7 @@ class EnrollError(ValueError):
     pass
 
 
-def _split(tr: TrackArrays, length: int, cfg: EnrollConfig) -> tuple[int, int]:
+def _split(tr: FeatureTrack, length: int, cfg: EnrollConfig) -> tuple[int, int]:
     n = len(tr)
     if n < 3 * length:
         return n, n  # too short to split: all for training
@@ -68,7 +69,7 @@ def _split(tr: TrackArrays, length: int, cfg: EnrollConfig) -> tuple[int, int]:
 def enroll(
     name: str,
     base: LoadedModel,
-    references: list[tuple[TrackArrays, Reference]],
+    references: list[tuple[FeatureTrack, Reference]],
     cfg: EnrollConfig | None = None,
     score_settings: ScoreSettings | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -92,7 +93,7 @@ def enroll(
             calib_windows += tr.windows(cut, n, length, cfg.calib_hop)
     if not any(len(s.starts) for s in segments):
         raise EnrollError(
-            f"no usable reference window: need {length / 25:.1f} s stretches with a face on "
+            f"no usable reference window: need {length / FPS:.1f} s stretches with a face on "
             f">={100 * cfg.min_face:.0f}% and speech on >={100 * cfg.min_speech:.0f}% of frames")
     gain = cfg.session_gain if cfg.session_gain is not None else float(
         (base.meta.get("train") or {}).get("session_gain", 0.0))

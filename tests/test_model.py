@@ -7,23 +7,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 
+from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
+from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import AUDIO_DIM, Window, center_expression, windows_of
 from expose.monitor.model.diffusion import add_noise, alpha_bar
 from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
 from expose.monitor.model.scorer import Scorer, requests_for
-from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import ProfileError, ProfileStore, Reference
 
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract
+
+TrackOf = Callable[[str], FeatureTrack]  # corpus clip (relative path) -> its features
+
 
 @pytest.fixture(scope="module")
-def track_of(extract, clip):  # type: ignore[no-untyped-def]
+def track_of(extract: Extract, clip: Clip) -> TrackOf:
     return lambda rel: extract(clip(rel))
 
 
@@ -72,8 +80,9 @@ def test_session_gain_scales_each_channel_and_spares_validation() -> None:
 
     rng = np.random.default_rng(0)
     n = 200
-    tr = TrackArrays("a", "synthetic", rng.normal(size=(n, 58)).astype(np.float32), np.ones(n, dtype=bool),
-                     rng.normal(size=(n, AUDIO_DIM)).astype(np.float32), np.ones(n, dtype=np.float32))
+    tr = FeatureTrack(expression=rng.normal(size=(n, 58)).astype(np.float32), face_mask=np.ones(n, dtype=bool),
+                      mel=rng.normal(size=(n, MELS_PER_FRAME, N_MELS)).astype(np.float32),
+                      speech=np.ones(n, dtype=np.float32), has_audio=True, source="synthetic")
     seg = [Segment(tr, 0, 0, n, np.array([10]))]  # one start: every draw is the same window
     plain = WindowSampler(seg, 64, np.random.default_rng(1)).sample(4).x0.numpy()
     aug = WindowSampler(seg, 64, np.random.default_rng(1), session_gain=0.3)
@@ -104,11 +113,11 @@ def test_checkpoint_round_trip_and_bad_file(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.safetensors")
 
 
-def _windows(track_of, clip: str, hop: int = 16) -> list[Window]:
+def _windows(track_of: TrackOf, clip: str, hop: int = 16) -> list[Window]:
     return windows_of(track_of(clip), TINY.window, hop)
 
 
-def test_scores_are_deterministic_and_batch_independent(track_of) -> None:
+def test_scores_are_deterministic_and_batch_independent(track_of: TrackOf) -> None:
     torch.manual_seed(0)
     m = Exam(TINY)
     ws = _windows(track_of, "real/lrs2_00016/00016.mp4")
@@ -122,7 +131,7 @@ def test_scores_are_deterministic_and_batch_independent(track_of) -> None:
     assert all(s.status == "scored" for s in s1)
 
 
-def test_interpolated_rows_do_not_count_in_the_errors(track_of) -> None:
+def test_interpolated_rows_do_not_count_in_the_errors(track_of: TrackOf) -> None:
     """A source below 25 fps: scores come from the frames really seen, so changing what
     was interpolated between them changes nothing."""
     torch.manual_seed(0)
@@ -157,7 +166,7 @@ def test_window_without_face_or_speech_is_insufficient() -> None:
     assert "speech" in out[0].reason and "face" in out[1].reason
 
 
-def test_enrollment_changes_only_the_tokens(track_of, tmp_path: Path) -> None:
+def test_enrollment_changes_only_the_tokens(track_of: TrackOf, tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = Exam(TINY)
     path = tmp_path / "base.safetensors"
@@ -165,7 +174,7 @@ def test_enrollment_changes_only_the_tokens(track_of, tmp_path: Path) -> None:
     base = load_model(path)
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     tr = track_of("real/vox_00098/clip_01.mp4")
-    refs = [(TrackArrays.of(tr, "subj"), Reference(tr.source, tr.media_sha256, tr.duration, 0))]
+    refs = [(tr, Reference(tr.source, tr.media_sha256, tr.duration, 0))]
     profile = enroll("subj", base, refs, EnrollConfig(steps=15, batch=8))
     after = base.model.state_dict()
     for k, v in before.items():

@@ -22,6 +22,7 @@ from expose.monitor.config import Config
 from expose.monitor.errors import ExposeError, MediaError
 from expose.monitor.features.cache import FeatureCache
 from expose.monitor.features.face_model import resolve_face_model
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.media.reader import MediaReader, is_network_url
 
@@ -201,11 +202,10 @@ def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def
 
 
 def _track_reference(cache: FeatureCache, path: Path):  # type: ignore[no-untyped-def]
-    from expose.monitor.training.corpus import TrackArrays
     from expose.profiles.store import Reference
 
     track, _ = cache.get(path, require_audio=True)
-    return TrackArrays.of(track, "subject"), Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
+    return track, Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
 
 
 @app.command()
@@ -358,7 +358,7 @@ def score(
     profile = loaded[claimed]
     track, _ = _feature_cache(cfg).get(media, require_audio=True)
     policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
-    res = score_track(track, profile, scorer, hop=max(1, int(round(hop * 25))), policy=policy)
+    res = score_track(track, profile, scorer, hop=max(1, int(round(hop * FPS))), policy=policy)
     thr = profile.calibration.threshold
     if as_json:
         print(json.dumps({

@@ -1,9 +1,11 @@
-"""Audio features on the 25 fps timeline: log-mel (80 bins, 25 ms window, 10 ms hop)
-and a per-frame speech-activity signal.
+"""Audio features on the 25 fps timeline: log-mel (80 bins, 25 ms window, 10 ms hop) and
+a per-frame speech-activity signal; and, for a span of ticks, these two with ``phones``'
+phone posteriors (``tick_audio``), laid out as the audio rows Windows carry (``audio_rows``).
 
 Alignment: video frame k (time k/25 s) owns the 4 mel frames centred at
 k/25 + (-15, -5, +5, +15) ms, so each frame's audio is centred on the frame's own
-instant. Sample 0 of the input is time 0 of the timeline.
+instant. Sample 0 of the input is time 0 of the timeline (``timeline`` says which
+samples a span of ticks starts at).
 
 Speech activity: the WebRTC VAD (``webrtcvad-wheels``, a real GMM voice detector) on
 the same 10 ms sub-frames, gated by level so that noise bursts in near-silence do not
@@ -12,17 +14,22 @@ count; the value per video frame is the fraction of its 4 sub-frames that are sp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import webrtcvad
 
+from expose.monitor.features.phones import N_PHONES, phone_posteriors
+from expose.monitor.features.timeline import SUBFRAME, SUBFRAMES_PER_FRAME
 from expose.monitor.media.reader import AUDIO_RATE
 
-FPS = 25
 N_MELS = 80
 WIN = 400  # 25 ms
-HOP = 160  # 10 ms
+HOP = SUBFRAME  # 10 ms
 N_FFT = 512
-MELS_PER_FRAME = 4  # 40 ms video frame / 10 ms hop
+MELS_PER_FRAME = SUBFRAMES_PER_FRAME  # 40 ms video frame / 10 ms hop
+AUDIO_DIM = MELS_PER_FRAME * N_MELS + N_PHONES + 1  # a tick's audio row: mel, phone fractions, speech activity
+SPEECH_THRESHOLD = 0.5  # a frame "has speech" when at least half its 10 ms sub-frames do
 _FIRST_CENTRE = -240  # samples: frame 0's first mel centre is at -15 ms
 _SILENCE_DBFS = -50.0
 _VAD_MODE = 2  # 0 (permissive) .. 3 (aggressive)
@@ -95,3 +102,29 @@ def speech_activity(samples: np.ndarray, n_video_frames: int) -> np.ndarray:
         dtype=bool, count=n_sub,
     )
     return voiced.reshape(n_video_frames, MELS_PER_FRAME).mean(axis=1).astype(np.float32)
+
+
+def audio_rows(mel: np.ndarray, phones: np.ndarray, speech: np.ndarray) -> np.ndarray:
+    """(N, AUDIO_DIM) float32 audio rows of N ticks from their (N, 4, 80) log-mel,
+    (N, 40) phone fractions and (N,) speech activity."""
+    return np.concatenate([mel.reshape(len(mel), -1), phones, speech[:, None]], axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TickAudio:
+    """Audio features of consecutive ticks."""
+
+    mel: np.ndarray  # (N, 4, 80) float32 log-mel
+    speech: np.ndarray  # (N,) float32 speech activity
+    phones: np.ndarray  # (N, 40) float32 phone fractions
+
+    def rows(self, rows: slice) -> np.ndarray:
+        """(len(rows), AUDIO_DIM) float32 audio rows of the given ticks."""
+        return audio_rows(self.mel[rows], self.phones[rows], self.speech[rows])
+
+
+def tick_audio(samples: np.ndarray, n_ticks: int) -> TickAudio:
+    """Audio features of ``n_ticks`` ticks from 16 kHz mono float32 whose sample 0 is the
+    first tick's instant (the phone decoder also hears the samples past the last tick)."""
+    return TickAudio(mel=log_mel(samples, n_ticks), speech=speech_activity(samples, n_ticks),
+                     phones=phone_posteriors(samples, n_ticks))

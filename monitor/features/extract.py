@@ -1,18 +1,15 @@
-"""Media -> FeatureTrack: expressions and audio features on one fixed 25 fps timeline.
+"""Media file -> FeatureTrack: expressions and audio features on the fixed 25 fps timeline.
 
-Resampling by timestamps, not frame counts: a decoded frame at time t belongs to
-tick ``k = floor(t * 25 + 0.5)``. Only the first frame landing on a tick is
-landmarked (a 50 fps source costs no more than a 25 fps one); ticks that no frame
-lands on (sources below 25 fps, VFR gaps) are linearly interpolated from their
-neighbours when the gap is short (<= 3 ticks) and both neighbours have a face,
-otherwise marked face-absent.
+Resampling by timestamps, not frame counts, by the rules of ``timeline`` (which live
+featurising shares): a decoded frame lands on the tick nearest its time, only the first
+frame landing on a tick is landmarked, and short runs of ticks that no frame lands on are
+interpolated. The track ends one median frame interval after the last decoded frame.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,18 +17,17 @@ import numpy as np
 
 from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import MediaError
-from expose.monitor.features.audio import FPS, log_mel, speech_activity
+from expose.monitor.features.audio import tick_audio
 from expose.monitor.features.expressions import EXPRESSION_DIM, ExpressionExtractor
 from expose.monitor.features.face_model import sha256_file
-from expose.monitor.features.phones import phone_posteriors
+from expose.monitor.features.timeline import FPS, SampleBuffer, TickRows, sample_of
 from expose.monitor.features.track import FORMAT_VERSION, FeatureTrack
-from expose.monitor.media.reader import AUDIO_RATE, AudioChunk, MediaReader, VideoFrame
+from expose.monitor.media.reader import AudioChunk, MediaReader, VideoFrame
 
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes extracted values changes; it keys the feature cache.
 EXTRACTOR_REVISION = 3  # 3: tracks record which ticks were observed (not interpolated)
-MAX_INTERPOLATED_GAP = 3
 
 Progress = Callable[[float], None]  # called with seconds of media processed so far
 
@@ -49,50 +45,6 @@ def extractor_version(cfg: FeatureConfig, model_path: Path) -> str:
     )
 
 
-@dataclass
-class _Timeline:
-    """Growing per-tick expression rows while frames stream in."""
-
-    rows: list[np.ndarray | None]
-    last_tick: int = -1
-
-    def put(self, tick: int, row: np.ndarray | None) -> None:
-        while len(self.rows) < tick:
-            self.rows.append(None)  # ticks no frame landed on; filled in finish()
-        self.rows.append(row)
-        self.last_tick = tick
-
-    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(expression, face_mask, observed): face_mask includes interpolated ticks."""
-        rows = (self.rows + [None] * n)[:n]
-        expr = np.zeros((n, EXPRESSION_DIM), dtype=np.float32)
-        mask = np.zeros(n, dtype=bool)
-        for k, r in enumerate(rows):
-            if r is not None:
-                expr[k], mask[k] = r, True
-        observed = mask.copy()
-        interpolate_gaps(expr, mask, [r is None for r in rows])
-        return expr, mask, observed
-
-
-def interpolate_gaps(expr: np.ndarray, mask: np.ndarray, missing: list[bool]) -> None:
-    """Fill short runs of ticks with no frame between two ticks that have a face."""
-    n, k = len(mask), 0
-    while k < n:
-        if not missing[k]:
-            k += 1
-            continue
-        start = k
-        while k < n and missing[k]:
-            k += 1
-        before, after = start - 1, k
-        if before >= 0 and after < n and mask[before] and mask[after] and k - start <= MAX_INTERPOLATED_GAP:
-            for j in range(start, k):
-                w = (j - before) / (after - before)
-                expr[j] = (1 - w) * expr[before] + w * expr[after]
-                mask[j] = True
-
-
 def extract_track(
     source: str | Path,
     cfg: FeatureConfig,
@@ -108,8 +60,9 @@ def extract_track(
     ``require_audio``) media without audio. A video with no face is not an error:
     its track's face mask is all False.
     """
-    timeline = _Timeline(rows=[])
-    audio_parts: list[tuple[int, np.ndarray]] = []
+    rows = TickRows(EXPRESSION_DIM)
+    audio = SampleBuffer()
+    audio_end = 0
     last_video_t = 0.0
     intervals: list[float] = []
     prev_t: float | None = None
@@ -121,13 +74,16 @@ def extract_track(
                 if prev_t is not None and len(intervals) < 500:
                     intervals.append(t - prev_t)
                 prev_t = last_video_t = t
-                tick = int(np.floor(t * FPS + 0.5))
-                if tick > timeline.last_tick:
-                    timeline.put(tick, extractor.process(item.image, t))
+                tick = rows.tick_for(t)
+                if tick is not None:
+                    rows.put(tick, extractor.process(item.image, t))
                 if progress is not None:
                     progress(t)
             elif isinstance(item, AudioChunk):
-                audio_parts.append((int(round(item.time * AUDIO_RATE)), item.samples))
+                audio.put(item)
+                # A chunk clipped at the origin counts at full length towards the end (extra
+                # silence that the phone decoder hears): files have always been extracted so.
+                audio_end = max(audio_end, max(0, sample_of(item.time)) + len(item.samples))
         has_audio = reader.info.has_audio
     if prev_t is None:
         raise MediaError(f"{source}: no video frame could be decoded")
@@ -137,32 +93,21 @@ def extract_track(
                     source, last_video_t, header)
     frame_step = float(np.median(intervals)) if intervals else 1.0 / FPS
     n = max(1, int(round((last_video_t + frame_step) * FPS)))
-    expr, mask, observed = timeline.finish(n)
-    samples = _assemble_audio(audio_parts)
+    video = rows.span(0, n)
+    samples = audio.read(0, audio_end)
     if has_audio and require_audio and samples.size == 0:
         raise MediaError(f"{source}: the audio stream holds no decodable samples")
+    sound = tick_audio(samples, n)
     return FeatureTrack(
-        expression=expr,
-        face_mask=mask,
-        observed=observed,
-        mel=log_mel(samples, n),
-        speech=speech_activity(samples, n),
-        phones=phone_posteriors(samples, n),
+        expression=video.expression,
+        face_mask=video.face_mask,
+        observed=video.observed,
+        mel=sound.mel,
+        speech=sound.speech,
+        phones=sound.phones,
         has_audio=has_audio and samples.size > 0,
         source=str(source),
         media_sha256=media_sha256,
         extractor_version=extractor_version(cfg, model_path),
     )
 
-
-def _assemble_audio(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    """Place chunks at their sample offsets on the timeline (time 0 = sample 0)."""
-    if not parts:
-        return np.zeros(0, dtype=np.float32)
-    end = max(max(0, start) + len(s) for start, s in parts)
-    out = np.zeros(end, dtype=np.float32)
-    for start, s in parts:
-        if start < 0:  # audio that starts before the video origin: drop the lead-in
-            s, start = s[-start:], 0
-        out[start : start + len(s)] = s
-    return out

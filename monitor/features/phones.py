@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from expose.monitor.features.audio import MELS_PER_FRAME
+from expose.monitor.features.timeline import SUBFRAMES_PER_FRAME
 
 PHONES: tuple[str, ...] = (
     "SIL", "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G",
@@ -52,7 +52,7 @@ def _decoder():  # type: ignore[no-untyped-def]
 
 def phone_posteriors(samples: np.ndarray, n_video_frames: int) -> np.ndarray:
     """16 kHz mono float32 (sample 0 = time 0) -> (N, 40) float32 phone fractions per frame."""
-    n_sub = n_video_frames * MELS_PER_FRAME
+    n_sub = n_video_frames * SUBFRAMES_PER_FRAME
     labels = np.zeros(n_sub, dtype=np.int64)  # SIL by default
     if samples.size >= 1600 and n_sub:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
@@ -68,4 +68,4 @@ def phone_posteriors(samples: np.ndarray, n_video_frames: int) -> np.ndarray:
                 labels[a:b] = idx
     onehot = np.zeros((n_sub, N_PHONES), dtype=np.float32)
     onehot[np.arange(n_sub), labels] = 1.0
-    return onehot.reshape(n_video_frames, MELS_PER_FRAME, N_PHONES).mean(axis=1)
+    return onehot.reshape(n_video_frames, SUBFRAMES_PER_FRAME, N_PHONES).mean(axis=1)

@@ -1,4 +1,5 @@
-"""FeatureTrack: one media item reduced to aligned 25 fps rows, and its file format.
+"""FeatureTrack: one media item reduced to aligned 25 fps rows, the Windows cut from it,
+and its file format.
 
 File format: an ``.npz`` (no pickle: every member is a plain numeric or unicode
 array, loaded with ``allow_pickle=False``) holding the arrays below plus a ``meta``
@@ -16,19 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from expose.monitor.errors import FeatureFileError
-from expose.monitor.features.audio import FPS, MELS_PER_FRAME, N_MELS
+from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS, SPEECH_THRESHOLD, audio_rows
 from expose.monitor.features.expressions import EXPRESSION_DIM
 from expose.monitor.features.phones import N_PHONES
+from expose.monitor.features.timeline import FPS
+from expose.monitor.features.windows import Window
 
 FORMAT_VERSION = 2
-SPEECH_THRESHOLD = 0.5  # a frame "has speech" when at least half its 10 ms sub-frames do
 
 
 @dataclass(frozen=True)
 class FeatureTrack:
     """Aligned per-frame features of one media item on a fixed 25 fps timeline.
 
-    Row k describes time ``k / 25`` seconds from the media origin.
+    Row k describes time ``k / FPS`` seconds from the media origin.
     """
 
     expression: np.ndarray = field(repr=False)  # (N, 58) float32: 52 blendshapes + 6 pose
@@ -93,6 +95,24 @@ class FeatureTrack:
     @property
     def speech_ratio(self) -> float:
         return float(self.speech_mask.mean()) if len(self) else 0.0
+
+    def audio_rows(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """(len(rows), AUDIO_DIM) float32 audio rows (features.audio.audio_rows) of the given rows."""
+        return audio_rows(self.mel[rows], self.phones[rows], self.speech[rows])
+
+    def window(self, start: int, length: int, stream: str = "") -> Window:
+        """Rows [start, start + length) as a Window of ``stream`` (default: the track's source)."""
+        end = start + length
+        if not 0 <= start < end <= len(self):
+            raise ValueError(f"window [{start}, {end}) outside a track of {len(self)} frames")
+        rows = slice(start, end)
+        return Window(stream=stream or self.source, t0=start / FPS, t1=end / FPS,
+                      expression=self.expression[rows], audio=self.audio_rows(rows),
+                      face_mask=self.face_mask[rows], speech=self.speech[rows], observed=self.observed[rows])
+
+    def windows(self, lo: int, hi: int, length: int, hop: int, stream: str = "") -> list[Window]:
+        """Windows starting every ``hop`` frames in [lo, hi - length]."""
+        return [self.window(s, length, stream) for s in range(lo, hi - length + 1, hop)]
 
     def segment(self, start: int, end: int) -> FeatureTrack:
         """Rows [start, end) as a track of their own (row 0 = old row ``start``)."""

@@ -1,4 +1,5 @@
-"""Window: a fixed-length slice of a FeatureTrack, the unit the Scorer works on.
+"""Window: a fixed-length slice of a FeatureTrack (``FeatureTrack.window``), the unit the
+Scorer works on; ``windows_of`` covers a whole track with them.
 
 Session normalisation happens here, identically offline and live: each window's
 expression channels are centred on their own median over face-present frames. That
@@ -11,22 +12,14 @@ lives in the model (learned from the training corpus).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from expose.monitor.features.audio import FPS, MELS_PER_FRAME, N_MELS
-from expose.monitor.features.phones import N_PHONES
-from expose.monitor.features.track import SPEECH_THRESHOLD, FeatureTrack
+from expose.monitor.features.audio import AUDIO_DIM, SPEECH_THRESHOLD
 
-AUDIO_DIM = MELS_PER_FRAME * N_MELS + N_PHONES + 1  # mel, phone fractions, speech activity
-
-
-def audio_rows(track: FeatureTrack) -> np.ndarray:
-    """(N, AUDIO_DIM) float32 per-frame audio features of a track."""
-    n = len(track)
-    return np.concatenate(
-        [track.mel.reshape(n, -1), track.phones, track.speech[:, None]], axis=1
-    ).astype(np.float32)
+if TYPE_CHECKING:  # track.py builds Windows, so it imports this module
+    from expose.monitor.features.track import FeatureTrack
 
 
 def center_expression(expr: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -46,7 +39,7 @@ class Window:
     t0: float
     t1: float
     expression: np.ndarray = field(repr=False)  # (T, 58) raw expression rows
-    audio: np.ndarray = field(repr=False)  # (T, AUDIO_DIM)
+    audio: np.ndarray = field(repr=False)  # (T, AUDIO_DIM): features.audio.audio_rows
     face_mask: np.ndarray = field(repr=False)  # (T,) bool: a face (landmarked or interpolated)
     speech: np.ndarray = field(repr=False)  # (T,) float32 speech activity
     # (T,) bool: rows landmarked on a real frame; the reconstruction errors count only these,
@@ -80,24 +73,12 @@ class Window:
         return center_expression(self.expression, self.face_mask)
 
 
-def slice_window(stream: str, expression: np.ndarray, audio: np.ndarray, face_mask: np.ndarray,
-                 speech: np.ndarray, observed: np.ndarray, start: int, length: int) -> Window:
-    """Rows [start, start + length) of aligned per-frame arrays as a Window."""
-    end = start + length
-    return Window(stream=stream, t0=start / FPS, t1=end / FPS, expression=expression[start:end],
-                  audio=audio[start:end], face_mask=face_mask[start:end], speech=speech[start:end],
-                  observed=observed[start:end])
-
-
 def windows_of(track: FeatureTrack, length: int, hop: int, stream: str = "") -> list[Window]:
     """All windows of ``length`` frames every ``hop`` frames (the tail that does not fill
     a whole window is covered by one last window ending at the track's end)."""
     if len(track) < length:
         return []
-    audio = audio_rows(track)
     starts = list(range(0, len(track) - length + 1, hop))
     if starts[-1] != len(track) - length:
         starts.append(len(track) - length)
-    name = stream or track.source
-    return [slice_window(name, track.expression, audio, track.face_mask, track.speech, track.observed, s, length)
-            for s in starts]
+    return [track.window(s, length, stream) for s in starts]

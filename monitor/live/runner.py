@@ -25,6 +25,7 @@ from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import ExposeError
 from expose.monitor.features.expressions import ExpressionExtractor
 from expose.monitor.features.stream import LiveFeatureSettings, StreamFeaturizer
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.live import watchdog as wd
 from expose.monitor.media.reader import VideoFrame
@@ -225,7 +226,7 @@ class StreamRunner:
         stats = feat.stats()
         self._skipped_before += stats.skipped_windows
         if stats.last_video_time is not None:
-            self._media_end = max(self._media_end, feat.time_offset + stats.last_video_time + 0.04)
+            self._media_end = max(self._media_end, feat.time_offset + stats.last_video_time + 1 / FPS)
         self._source = None
 
     async def _consume(self, source: Source, feat: StreamFeaturizer) -> None:

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.model.diffusion import add_noise
 from expose.monitor.model.exam import Exam
 from expose.monitor.model.score import Score, ScoreSettings
 
-DEFAULT_HOP = 25  # one window per second, offline and live
+DEFAULT_HOP = FPS  # one window per second, offline and live
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Scorer:
         # (times, draws, T, D): one fixed noise draw per (time, draw), shared by all windows
         self._noise = torch.randn(len(self.settings.times), self.settings.draws, cfg.window,
                                   cfg.expr_dim, generator=gen).to(self.device)
-        self._shift = int(round(self.settings.audio_shift_s * 25))
+        self._shift = int(round(self.settings.audio_shift_s * FPS))
 
     def insufficiency(self, w: Window) -> str:
         s = self.settings

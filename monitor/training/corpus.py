@@ -1,4 +1,5 @@
-"""Training material: which media belong to which identity, and their cached features.
+"""Training material: which media belong to which identity, and their cached features
+(``CorpusTrack``: a FeatureTrack with its identity).
 
 Identity = the name of the folder holding the file; a folder named ``video``,
 ``videos`` or ``clips`` stands for its parent (the GRID layout ``s1/video/*.mpg``). A
@@ -15,12 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from expose.monitor.errors import ExposeError, MediaError
 from expose.monitor.features.cache import FeatureCache
 from expose.monitor.features.track import FeatureTrack
-from expose.monitor.features.windows import Window, audio_rows, slice_window
 
 log = logging.getLogger(__name__)
 
@@ -76,40 +74,15 @@ def discover(sources: Iterable[Path]) -> list[CorpusItem]:
 
 
 @dataclass(frozen=True)
-class TrackArrays:
-    """A FeatureTrack's arrays as the trainer and enroller index them."""
+class CorpusTrack:
+    """The features of one corpus item and the identity they show."""
 
     identity: str
-    source: str
-    expression: np.ndarray  # (N, 58)
-    face_mask: np.ndarray  # (N,)
-    audio: np.ndarray  # (N, AUDIO_DIM)
-    speech: np.ndarray  # (N,)
-    observed: np.ndarray = None  # type: ignore[assignment]  # (N,) bool; None -> face_mask
-
-    def __post_init__(self) -> None:
-        if self.observed is None:
-            object.__setattr__(self, "observed", self.face_mask)
-
-    @classmethod
-    def of(cls, track: FeatureTrack, identity: str) -> TrackArrays:
-        return cls(identity, track.source, track.expression, track.face_mask, audio_rows(track),
-                   track.speech, track.observed)
-
-    def __len__(self) -> int:
-        return len(self.face_mask)
-
-    def window(self, start: int, length: int) -> Window:
-        return slice_window(self.source, self.expression, self.audio, self.face_mask, self.speech, self.observed,
-                            start, length)
-
-    def windows(self, lo: int, hi: int, length: int, hop: int) -> list[Window]:
-        """Windows starting every ``hop`` frames in [lo, hi - length]."""
-        return [self.window(s, length) for s in range(lo, hi - length + 1, hop)]
+    track: FeatureTrack
 
 
 def load_tracks(items: list[CorpusItem], cache: FeatureCache,
-                on_item: Callable[[CorpusItem, bool], None] | None = None) -> list[TrackArrays]:
+                on_item: Callable[[CorpusItem, bool], None] | None = None) -> list[CorpusTrack]:
     """Features of every item through the cache; unreadable media are skipped with a warning."""
     out = []
     for item in items:
@@ -118,7 +91,7 @@ def load_tracks(items: list[CorpusItem], cache: FeatureCache,
         except MediaError as err:
             log.warning("skipping %s", err)
             continue
-        out.append(TrackArrays.of(track, item.identity))
+        out.append(CorpusTrack(item.identity, track))
         if on_item is not None:
             on_item(item, cached)
     return out

@@ -26,15 +26,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from expose.monitor.features.audio import SPEECH_THRESHOLD
 from expose.monitor.features.expressions import EXPRESSION_NAMES
-from expose.monitor.features.track import SPEECH_THRESHOLD
+from expose.monitor.features.timeline import FPS
+from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window, center_expression
 from expose.monitor.model.diffusion import add_noise
 from expose.monitor.model.exam import Exam, ModelConfig, pick_device, save_model
 from expose.monitor.model.score import FusionWeights, ScoreSettings
 from expose.monitor.model.scorer import Scorer, requests_for
 from expose.monitor.model.smoothing import empirical_sd_ratios, overlap_sd_ratios
-from expose.monitor.training.corpus import TrackArrays
+from expose.monitor.training.corpus import CorpusTrack
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def mirror_expression(x: np.ndarray) -> np.ndarray:
     return x[:, _MIRROR_PERM] * _MIRROR_SIGN
 
 
-def valid_starts(tr: TrackArrays, lo: int, hi: int, length: int, min_face: float,
+def valid_starts(tr: FeatureTrack, lo: int, hi: int, length: int, min_face: float,
                  min_speech: float, stride: int) -> tuple[np.ndarray, int]:
     """Window starts in [lo, hi - length] with enough face and speech; also the number skipped."""
     if hi - lo < length:
@@ -114,11 +116,12 @@ def valid_starts(tr: TrackArrays, lo: int, hi: int, length: int, min_face: float
 
 @dataclass
 class Segment:
-    track: TrackArrays
+    track: FeatureTrack
     identity: int  # index into the identity table, -1 for held-out identities
     lo: int
     hi: int
     starts: np.ndarray
+    name: str = ""  # the identity's name: it groups held-out identities' segments
 
 
 @dataclass
@@ -138,10 +141,10 @@ class WindowSampler:
         # Balance identities: weight ~ sqrt(frames), so one long recording does not dominate.
         by_id: dict[int | str, int] = {}
         for s in self.segments:
-            key = s.identity if s.identity >= 0 else s.track.identity
+            key = s.identity if s.identity >= 0 else s.name
             by_id[key] = by_id.get(key, 0) + len(s.starts)
-        w = np.array([math.sqrt(by_id[s.identity if s.identity >= 0 else s.track.identity])
-                      * len(s.starts) / by_id[s.identity if s.identity >= 0 else s.track.identity]
+        w = np.array([math.sqrt(by_id[s.identity if s.identity >= 0 else s.name])
+                      * len(s.starts) / by_id[s.identity if s.identity >= 0 else s.name]
                       for s in self.segments])
         self.weights = w / w.sum()
 
@@ -163,7 +166,7 @@ class WindowSampler:
         if not cands:
             return None
         s = cands[int(self.rng.integers(len(cands)))]
-        return seg.track.audio[s : s + self.length]
+        return seg.track.audio_rows(slice(s, s + self.length))
 
     def sample(self, batch: int) -> WindowBatch:
         segs = self.rng.choice(len(self.segments), size=batch, p=self.weights)
@@ -186,7 +189,7 @@ class WindowSampler:
                 identity = -1
             xs.append(x)
             ms.append(mask)
-            auds.append(seg.track.audio[idx])
+            auds.append(seg.track.audio_rows(idx))
             negs.append(self._negative_audio(seg, start))
             ids.append(identity)
         # Where no same-recording shift exists, use another window's audio.
@@ -294,26 +297,27 @@ class TrainResult:
     windows_skipped: int
 
 
-def split_segments(tracks: list[TrackArrays], identities: list[str], holdout: set[str],
+def split_segments(tracks: list[CorpusTrack], identities: list[str], holdout: set[str],
                    cfg: TrainConfig, length: int) -> tuple[list[Segment], list[Segment], list[Segment], int]:
     """(train, val_seen, val_unseen, skipped): the last val_fraction of each training
     recording is held out; held-out identities go whole to val_unseen."""
     index = {name: i for i, name in enumerate(identities)}
     train, seen, unseen, skipped = [], [], [], 0
-    for tr in tracks:
+    for item in tracks:
+        tr, name = item.track, item.identity
         n = len(tr)
-        if tr.identity in holdout:
+        if name in holdout:
             st, sk = valid_starts(tr, 0, n, length, cfg.min_face, cfg.min_speech, cfg.stride)
-            unseen.append(Segment(tr, -1, 0, n, st))
+            unseen.append(Segment(tr, -1, 0, n, st, name))
             skipped += sk
             continue
         cut = n - int(round(n * cfg.val_fraction)) if n >= 3 * length else n
         st, sk = valid_starts(tr, 0, cut, length, cfg.min_face, cfg.min_speech, cfg.stride)
-        train.append(Segment(tr, index[tr.identity], 0, cut, st))
+        train.append(Segment(tr, index[name], 0, cut, st, name))
         skipped += sk
         if cut < n:
             st, _ = valid_starts(tr, cut, n, length, cfg.min_face, cfg.min_speech, cfg.stride)
-            seen.append(Segment(tr, index[tr.identity], cut, n, st))
+            seen.append(Segment(tr, index[name], cut, n, st, name))
     return train, seen, unseen, skipped
 
 
@@ -325,7 +329,7 @@ def validation_windows(segments: list[Segment], length: int, stride: int = 8) ->
     return out
 
 
-def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str], cfg: TrainConfig,
+def finalize_checkpoint(out: Path, tracks: list[CorpusTrack], holdout: set[str], cfg: TrainConfig,
                         ) -> FusionWeights:
     """Reload the best checkpoint, fit the score weights on its validation windows, measure
     how smoothing shrinks the genuine spread, re-save."""
@@ -344,8 +348,8 @@ def finalize_checkpoint(out: Path, tracks: list[TrackArrays], holdout: set[str],
     return weights
 
 
-def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[TrackArrays],
-                     identities: list[str], hop: int = 25) -> list[float]:
+def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[CorpusTrack],
+                     identities: list[str], hop: int = FPS) -> list[float]:
     """sd(mean of n consecutive windows) / sd(one window) of the fused distance on the
     training identities' recordings with their own tokens (monitor/smoothing.py); the
     overlap bound where the recordings are too short to measure it."""
@@ -353,11 +357,11 @@ def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[TrackArra
     scorer = Scorer(model, weights.settings())
     index = {n: i for i, n in enumerate(identities)}
     series: list[np.ndarray] = []
-    for tr in tracks:
-        if tr.identity not in index:
+    for item in tracks:
+        if item.identity not in index:
             continue
-        ws = tr.windows(0, len(tr), length, hop)
-        tok = model.id_tokens[index[tr.identity]].detach()
+        ws = item.track.windows(0, len(item.track), length, hop)
+        tok = model.id_tokens[index[item.identity]].detach()
         run: list[float] = []
         for sc in scorer.score_batched(requests_for(ws, tok, "cal")):
             if sc.distance is None:  # a gap ends a run of consecutive windows
@@ -411,7 +415,7 @@ def _load_state(path: Path, model: Exam, opt: torch.optim.Optimizer, device: tor
 
 
 def train(
-    tracks: list[TrackArrays],
+    tracks: list[CorpusTrack],
     out: Path,
     model_cfg: ModelConfig,
     cfg: TrainConfig,

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from live_support import SPEECH_CLIP
 
 from expose.monitor.model.exam import Exam, ModelConfig, load_model, save_model
-from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import ProfileStore, Reference
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=1)
 
@@ -38,13 +41,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def profiles_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, extract, clip) -> Path:  # type: ignore[no-untyped-def]
+def profiles_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, extract: Extract, clip: Clip) -> Path:
     root = tmp_path_factory.mktemp("profiles")
     base = load_model(tiny_model)
     path = clip(SPEECH_CLIP)
     track = extract(path)
     ref = Reference(str(path), "", round(track.duration, 3), 0)
-    prof = enroll("trump", base, [(TrackArrays.of(track, "subject"), ref)], EnrollConfig(steps=5, batch=8))
+    prof = enroll("trump", base, [(track, ref)], EnrollConfig(steps=5, batch=8))
     store = ProfileStore(root)
     store.save(prof)
     always = dataclasses.replace(prof, name="always",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from live_support import (
@@ -32,25 +32,27 @@ from media_factory import dub_remux
 
 from expose.monitor.config import STARTER_MODEL, AlertSection, Config
 from expose.monitor.model.exam import load_model
-from expose.monitor.training.corpus import TrackArrays
 from expose.profiles.enroll import enroll
 from expose.profiles.store import ProfileStore, Reference
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract
 
 pytestmark = pytest.mark.timeout(400)
 
 
 @pytest.fixture(scope="module")
-def trump_profiles(tmp_path_factory: pytest.TempPathFactory, extract, clip) -> Path:  # type: ignore[no-untyped-def]
+def trump_profiles(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Clip) -> Path:
     root = tmp_path_factory.mktemp("starter-profiles")
     path = clip("real/trump/speech_01.mp4")
     track = extract(path)
     ref = Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
-    ProfileStore(root).save(enroll("trump", load_model(STARTER_MODEL), [(TrackArrays.of(track, "trump"), ref)]))
+    ProfileStore(root).save(enroll("trump", load_model(STARTER_MODEL), [(track, ref)]))
     return root
 
 
 @pytest.fixture(scope="module")
-def dubbed(tmp_path_factory: pytest.TempPathFactory, clip) -> Path:  # type: ignore[no-untyped-def]
+def dubbed(tmp_path_factory: pytest.TempPathFactory, clip: Clip) -> Path:
     out = tmp_path_factory.mktemp("dub") / "trump_with_vox_audio.mp4"
     return dub_remux(clip("real/trump/clip_02.mp4"), clip("real/vox_7414/clip_02.mp4"), out, repeat=3)
 
@@ -92,7 +94,7 @@ def test_dubbed_rtsp_stream_raises_an_alert(trump_profiles: Path, dubbed: Path, 
     _check_alert(msgs, "door")
 
 
-def test_genuine_clip_stays_authentic(trump_profiles: Path, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_genuine_clip_stays_authentic(trump_profiles: Path, clip: Clip, tmp_path: Path) -> None:
     cfg = _config(tmp_path, streams=[{"name": "cam", "url": str(clip("real/trump/clip_02.mp4")),
                                       "profile": "trump", "realtime": False}])
 
