@@ -21,7 +21,7 @@ class JsonlSink:
 
     async def send(self, event: Event) -> None:
         if event.type in self.types and not self._file.closed:
-            self._file.write(event.to_json() + "\n")
+            self._file.write(event.model_dump_json() + "\n")
 
     async def close(self) -> None:
         self._file.close()

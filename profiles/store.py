@@ -31,6 +31,14 @@ class ProfileError(ExposeError):
     """A profile is missing, invalid, or made for another base model."""
 
 
+class UnknownProfile(ProfileError):
+    """No profile of that name in the store (the HTTP API answers 404)."""
+
+
+class InvalidProfileName(ProfileError):
+    """A name no profile can have (the HTTP API answers 400)."""
+
+
 def default_root() -> Path:
     if env := os.environ.get("EXPOSE_PROFILES"):
         return Path(env).expanduser()
@@ -39,7 +47,7 @@ def default_root() -> Path:
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ProfileError(f"invalid profile name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+        raise InvalidProfileName(f"invalid profile name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
     return name
 
 
@@ -145,7 +153,7 @@ class ProfileStore:
         d = self.path(name)
         if not (d / "profile.json").is_file():
             known = ", ".join(self.names()) or "none"
-            raise ProfileError(f"unknown profile {name!r} in {self.root} (known: {known})")
+            raise UnknownProfile(f"unknown profile {name!r} in {self.root} (known: {known})")
         try:
             meta = json.loads((d / "profile.json").read_text(encoding="utf-8"))
             if meta.get("format") != PROFILE_FORMAT:
@@ -166,5 +174,5 @@ class ProfileStore:
     def delete(self, name: str) -> None:
         d = self.path(name)
         if not d.is_dir():
-            raise ProfileError(f"unknown profile {name!r} in {self.root}")
+            raise UnknownProfile(f"unknown profile {name!r} in {self.root}")
         shutil.rmtree(d)

@@ -1,35 +1,247 @@
-"""Events: what the monitor tells consoles, in one typed shape.
+"""Events: what the monitor tells consoles, as typed messages (pydantic models).
 
-Every event the store keeps has a ``seq`` (monotonically increasing, assigned by the
-SQLite store), so a websocket client that reconnects with ``?since=SEQ`` gets exactly
-what it missed. Heartbeats are not stored: they carry the latest ``seq`` so a client
-sees it is up to date.
+Every message is one flat JSON object: the envelope (``seq``, ``type``, ``stream``,
+``ts``) and the fields of its kind. ``Event`` is the discriminated union of all of them
+(on ``type``, then on ``action`` for alert and stream events); the websocket, the JSONL
+sink and ``expose watch --json`` write ``event.model_dump_json()``, and
+``EVENTS.validate_json`` reads any of them back.
+
+The monitor decides a payload (``ScoreData``, ``AlertChange``, ``StreamPhase``, ...);
+the store gives it a ``seq`` (monotonically increasing, assigned by SQLite) and keeps
+its fields as the event's body, so a websocket client that reconnects with
+``?since=SEQ`` gets exactly what it missed, rebuilt by ``event_from``. Heartbeats are
+not stored: they carry the latest ``seq`` so a client sees it is up to date.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from expose.monitor.alerts.policy import Alert, AlertStatus, StreamState
+from expose.monitor.model.score import Status
 
 EventType = Literal["score", "alert", "stream", "heartbeat"]
 EVENT_TYPES: tuple[str, ...] = ("score", "alert", "stream", "heartbeat")
+# the watchdog's phases (live.watchdog.Phase; alerts may not import live: a test checks they agree)
+SourcePhase = Literal["connecting", "live", "down", "ended", "failed"]
 
 
-@dataclass(frozen=True)
-class Event:
-    seq: int
-    type: EventType
-    stream: str | None  # None for process-wide events (heartbeats)
-    ts: float  # wall clock, epoch seconds
-    data: dict[str, Any] = field(default_factory=dict)
+class Message(BaseModel):
+    """Base of every wire model: immutable, no unknown keys, every field in the output
+    schema marked required (a field with a default is still always sent)."""
 
-    def __post_init__(self) -> None:
-        if self.type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {self.type!r}")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "type": self.type, "stream": self.stream, "ts": self.ts, **self.data}
+
+# ---- alerts as consoles see them ---------------------------------------------------------
+
+class AlertSummary(Message):
+    """An alert without its evidence (score series, thumbnail): per-window updates."""
+
+    id: str = Field(description="Alert id (16 hex digits).")
+    stream: str = Field(description="The stream it was raised on.")
+    profile: str = Field(description="The claimed profile it was raised against.")
+    threshold: float = Field(description="The smoothed-distance threshold in force when it opened.")
+    opened_at: float = Field(description="When it opened (wall clock, epoch seconds).")
+    t_start: float = Field(description="Stream seconds: start of the first window over the threshold.")
+    t_end: float | None = Field(description="Stream seconds when the episode cleared; null while it lasts.")
+    ended_at: float | None = Field(description="When the episode cleared (epoch seconds); null while it lasts.")
+    peak_distance: float = Field(description="Highest window distance in the episode.")
+    mean_distance: float = Field(description="Mean window distance in the episode.")
+    n_windows: int = Field(ge=1, description="Scored windows in the episode.")
+    status: AlertStatus = Field(description="Lifecycle: open -> acknowledged -> closed.")
+    acknowledged_by: str | None = Field(description="Who acknowledged it.")
+    acknowledged_at: float | None = Field(description="When (epoch seconds).")
+    closed_by: str | None = Field(description="Who closed it.")
+    closed_at: float | None = Field(description="When (epoch seconds).")
+    close_reason: str | None = Field(description="Why it was closed.")
+    active: bool = Field(description="The episode is still going on (t_end is null).")
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertSummary:
+        return cls.model_validate(alert.summary())
+
+
+class AlertDetail(AlertSummary):
+    """An alert with its evidence: what the REST API returns and what opened / ended /
+    acknowledged / closed events carry."""
+
+    scores: list[tuple[float, float]] = Field(
+        description="Evidence: (stream t1, distance) of the episode's windows, at most 600.")
+    thumbnail_jpeg: str | None = Field(description="Base64 JPEG of the newest frame with a face.")
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertDetail:
+        return cls.model_validate(alert.to_dict())
+
+
+# ---- payloads: what the monitor decides, before the store gives it a seq -----------------
+
+class ScoreData(Message):
+    """One window of a stream, scored or insufficient."""
+
+    event_type: ClassVar[EventType] = "score"
+    profile: str | None = Field(description="The claimed profile; null: none claimed.")
+    t0: float = Field(description="Window start, stream seconds.")
+    t1: float = Field(description="Window end, stream seconds.")
+    status: Status = Field(description="insufficient: too little face or speech to score (distance etc. are null).")
+    distance: float | None = Field(description="The window's distance from the claimed profile.")
+    smoothed: float | None = Field(description="Mean distance of the last `alerts.smoothing` scored windows.")
+    threshold: float | None = Field(description="The threshold the smoothed distance was compared with.")
+    z: float | None = Field(description="(distance - profile's centre) / the model's genuine spread.")
+    identity: float | None = Field(description="The score's identity term (monitor/model/scorer.py).")
+    sync: float | None = Field(description="The score's audio-visual sync term.")
+    fit: float | None = Field(description="The score's fit term: a raw log error, compare it with the "
+                              "profile's fit_mean.")
+    face_ratio: float = Field(description="Share of the window's frames with a face.")
+    speech_ratio: float = Field(description="Share of the window with speech.")
+    reason: str = Field(description="Why insufficient, e.g. 'face on 0% of frames (< 60%)'; empty when scored.")
+    state: StreamState = Field(description="The stream's state after this window.")
+    latency_s: float = Field(description="Seconds from the window being ready to its score.")
+    alert_id: str | None = Field(description="The alert in progress on this stream, if any.")
+
+
+class AlertChange(Message):
+    """An alert opened, ended, was acknowledged or closed: the whole alert."""
+
+    event_type: ClassVar[EventType] = "alert"
+    action: Literal["opened", "ended", "acknowledged", "closed"] = Field(description="What happened to it.")
+    alert: AlertDetail = Field(description="The alert after the change.")
+
+
+class AlertUpdate(Message):
+    """An episode goes on: sent once per window, without the evidence again."""
+
+    event_type: ClassVar[EventType] = "alert"
+    action: Literal["updated"] = Field(description="The episode took one more window.")
+    alert: AlertSummary = Field(description="Peak, mean and window count so far.")
+
+
+class StreamAdded(Message):
+    """A stream was added (from the config, the API, or a WHIP publisher on a new name)."""
+
+    event_type: ClassVar[EventType] = "stream"
+    action: Literal["added"] = Field(description="The stream exists from now on.")
+    url: str | None = Field(description="What it pulls; null: a WHIP stream.")
+    profile: str | None = Field(description="Its claimed profile.")
+
+
+class StreamRemoved(Message):
+    """A stream was removed (DELETE /api/streams/{name})."""
+
+    event_type: ClassVar[EventType] = "stream"
+    action: Literal["removed"] = Field(description="The stream is gone.")
+
+
+class StreamPhase(Message):
+    """The source's watchdog phase changed."""
+
+    event_type: ClassVar[EventType] = "stream"
+    action: Literal["phase"] = Field(description="The source changed phase.")
+    phase: SourcePhase = Field(description="The new phase.")
+    reason: str = Field(description="Why down or failed; empty otherwise.")
+    reconnects: int = Field(ge=0, description="Restarts within the watchdog's window.")
+
+
+class StreamPublishing(Message):
+    """A WHIP publisher started a session on the stream."""
+
+    event_type: ClassVar[EventType] = "stream"
+    action: Literal["publishing"] = Field(description="A publisher is on.")
+    session: str = Field(description="The WHIP session id (the last part of its Location).")
+    profile: str = Field(description="The profile the publisher claims.")
+
+
+class StreamUnpublished(Message):
+    """A WHIP session ended (DELETE, or the publisher went away)."""
+
+    event_type: ClassVar[EventType] = "stream"
+    action: Literal["unpublished"] = Field(description="The publisher is gone.")
+    session: str = Field(description="The WHIP session id that ended.")
+
+
+EventPayload = (ScoreData | AlertChange | AlertUpdate | StreamAdded | StreamRemoved | StreamPhase
+                | StreamPublishing | StreamUnpublished)
+
+
+# ---- events: a payload with its envelope -------------------------------------------------
+
+class Envelope(Message):
+    """The fields every message has."""
+
+    seq: int = Field(ge=0, description="Event sequence number (SQLite AUTOINCREMENT): increases with every "
+                     "event, across the monitor and its restarts; a heartbeat's is the newest one sent.")
+    type: EventType = Field(description="The kind of message.")
+    stream: str | None = Field(description="The stream it is about; null for heartbeats.")
+    ts: float = Field(description="Wall clock, epoch seconds.")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The fields other than the envelope's, as JSON values (for sinks that print them)."""
+        return self.model_dump(mode="json", exclude=set(Envelope.model_fields))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        return self.model_dump_json()
+
+
+class ScoreEvent(ScoreData, Envelope):
+    type: Literal["score"] = "score"
+    stream: str
+
+
+class AlertChangeEvent(AlertChange, Envelope):
+    type: Literal["alert"] = "alert"
+    stream: str
+
+
+class AlertUpdateEvent(AlertUpdate, Envelope):
+    type: Literal["alert"] = "alert"
+    stream: str
+
+
+class StreamAddedEvent(StreamAdded, Envelope):
+    type: Literal["stream"] = "stream"
+    stream: str
+
+
+class StreamRemovedEvent(StreamRemoved, Envelope):
+    type: Literal["stream"] = "stream"
+    stream: str
+
+
+class StreamPhaseEvent(StreamPhase, Envelope):
+    type: Literal["stream"] = "stream"
+    stream: str
+
+
+class StreamPublishingEvent(StreamPublishing, Envelope):
+    type: Literal["stream"] = "stream"
+    stream: str
+
+
+class StreamUnpublishedEvent(StreamUnpublished, Envelope):
+    type: Literal["stream"] = "stream"
+    stream: str
+
+
+class HeartbeatEvent(Envelope):
+    """Sent right after connecting and every `server.heartbeat_s`; not stored."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    stream: None = Field(None, description="Always null.")
+    streams: dict[str, StreamState] = Field(description="The state of every stream, by name.")
+
+
+AlertEvent = Annotated[AlertChangeEvent | AlertUpdateEvent, Field(discriminator="action")]
+StreamEvent = Annotated[StreamAddedEvent | StreamRemovedEvent | StreamPhaseEvent | StreamPublishingEvent
+                        | StreamUnpublishedEvent, Field(discriminator="action")]
+Event = Annotated[ScoreEvent | AlertEvent | StreamEvent | HeartbeatEvent, Field(discriminator="type")]
+EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def event_from(seq: int, type: str, stream: str | None, ts: float, data: Mapping[str, Any]) -> Event:
+    """The typed event from its stored parts (a store row, or a payload just stored)."""
+    return EVENTS.validate_python({"seq": seq, "type": type, "stream": stream, "ts": ts, **data})

@@ -21,30 +21,55 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from expose.exporters.websocket import WebsocketHub
 from expose.monitor import __version__
-from expose.monitor.alerts.policy import AlertLifecycleError
+from expose.monitor.alerts.events import AlertDetail, HeartbeatEvent
+from expose.monitor.alerts.policy import AlertLifecycleError, AlertStatus
+from expose.monitor.api.schemas import (
+    AckBody,
+    CloseBody,
+    ErrorBody,
+    Health,
+    IdleHealth,
+    ProfileInfo,
+    ProfileUnreadable,
+    ScoringStats,
+    StreamHealthInfo,
+    StreamInfo,
+)
 from expose.monitor.config import StreamConfig
-from expose.monitor.live.monitor import LiveMonitor, NotFound, StreamError
+from expose.monitor.live.monitor import BadStreamRequest, LiveMonitor, NotFound, StreamError
 from expose.monitor.media.whip import SdpError
-from expose.profiles.store import ProfileError
+from expose.profiles.store import InvalidProfileName, ProfileError, UnknownProfile
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 _bearer = HTTPBearer(auto_error=False, description="The monitor's token (config server.token / env EXPOSE_TOKEN).")
 
+# The status of each domain error, by type: an error gets that of the nearest class in its
+# MRO, so a subclass refines its base (UnknownProfile 404, any other ProfileError 409).
+ERROR_STATUS: dict[type[Exception], int] = {
+    NotFound: 404, UnknownProfile: 404,
+    BadStreamRequest: 400, InvalidProfileName: 400, SdpError: 400,
+    StreamError: 409, ProfileError: 409, AlertLifecycleError: 409,
+}
 
-class AckBody(BaseModel):
-    by: str = Field(min_length=1, max_length=200, description="Who acknowledges (operator name or id).")
+
+def status_of(exc: Exception) -> int:
+    return next(ERROR_STATUS[c] for c in type(exc).__mro__ if c in ERROR_STATUS)
 
 
-class CloseBody(BaseModel):
-    by: str = Field(min_length=1, max_length=200, description="Who closes the alert.")
-    reason: str = Field(min_length=1, max_length=1000, description="Why: e.g. 'confirmed impostor', 'false alarm'.")
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
+
+def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each with an ErrorBody."""
+    return {code: {"model": ErrorBody, "description": text} for code, text in described.items()}
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -77,11 +102,19 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     # ---- WHIP (RFC 9725) -------------------------------------------------------------
     whip = APIRouter(tags=["whip"])
 
-    @whip.post("/whip/{stream}", status_code=201, dependencies=[Depends(auth)], responses={
-        201: {"content": {"application/sdp": {}}, "description": "SDP answer; Location: the session URL"},
-        400: {"description": "malformed SDP or no claimed profile"}, 401: {"description": "missing / wrong token"},
-        404: {"description": "unknown profile"}, 409: {"description": "stream busy"},
-        413: {"description": "offer too large"}, 415: {"description": "not application/sdp"}})
+    @whip.post("/whip/{stream}", status_code=201, dependencies=[Depends(auth)], response_class=Response,
+               responses={
+                   201: {"description": "The SDP answer; Location: the session URL (DELETE it to end)",
+                         "content": {"application/sdp": {"schema": {"type": "string"}}},
+                         "headers": {"Location": {"description": "/whip/{stream}/{session}",
+                                                 "schema": {"type": "string"}},
+                                     "ETag": {"description": "The session id, quoted", "schema": {"type": "string"}}}},
+                   **_errors({400: "malformed SDP, an offer without video, no claimed profile, an invalid stream "
+                                   "name, an invalid profile name",
+                              401: "missing or wrong token", 404: "unknown profile",
+                              409: "the stream already has a publisher or pulls from a URL; the profile is damaged "
+                                   "or enrolled with another base model",
+                              413: "offer over server.max_sdp_bytes", 415: "not application/sdp"})})
     async def whip_publish(stream: str, request: Request,
                            profile: Annotated[str | None, Query(description="Claimed profile")] = None) -> Response:
         """Publish a WebRTC stream (WHIP): POST an SDP offer, get the answer."""
@@ -89,30 +122,22 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
         if ctype != "application/sdp":
             raise HTTPException(415, f"WHIP offers are application/sdp, not {ctype or 'no content type'}")
         offer = await _read_limited(request, cfg.max_sdp_bytes)
-        try:
-            StreamConfig(name=stream)  # the same name rule as configured streams
-        except ValueError:
-            raise HTTPException(400, f"invalid stream name {stream!r}: 1-64 letters, digits, '_', '.', '-'") from None
-        try:
-            session = await monitor.start_whip(stream, profile, offer)
-        except ProfileError as err:
-            raise _profile_http(monitor, err) from None
-        except SdpError as err:
-            raise HTTPException(400, str(err)) from None
-        except StreamError as err:
-            code = 400 if "no claimed profile" in str(err) else 409
-            raise HTTPException(code, str(err)) from None
+        session = await monitor.start_whip(stream, profile, offer)
         location = f"/whip/{stream}/{session.id}"
         return Response(session.answer, status_code=201, media_type="application/sdp",
                         headers={"Location": location, "ETag": f'"{session.id}"'})
 
-    @whip.delete("/whip/{stream}/{session}", dependencies=[Depends(auth)])
+    @whip.delete("/whip/{stream}/{session}", dependencies=[Depends(auth)], response_class=Response, responses={
+        200: {"description": "Session ended (empty body)"},
+        **_errors({401: "missing or wrong token", 404: "no such session on that stream"})})
     async def whip_end(stream: str, session: str) -> Response:
         """End a WHIP session."""
         await monitor.end_whip(stream, session)
         return Response(status_code=200)
 
-    @whip.patch("/whip/{stream}/{session}", status_code=405)
+    @whip.patch("/whip/{stream}/{session}", status_code=405, response_class=Response, responses={
+        405: {"description": "Not supported; Allow: POST, DELETE",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def whip_patch(stream: str, session: str) -> Response:
         """Trickle ICE / ICE restart are not supported: the answer carries all candidates."""
         return Response("trickle ICE is not supported; the answer holds every candidate", status_code=405,
@@ -120,80 +145,83 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     # ---- REST API --------------------------------------------------------------------
     # (dependencies=, not annotations: with postponed annotations FastAPI cannot resolve a closure)
-    api = APIRouter(prefix="/api", dependencies=[Depends(auth)])
+    api = APIRouter(prefix="/api", dependencies=[Depends(auth)],
+                    responses=_errors({401: "missing or wrong token"}))
 
     @api.get("/streams", tags=["streams"])
-    async def list_streams() -> list[dict[str, Any]]:
-        return [v.to_dict() for v in monitor.views()]
+    async def list_streams() -> list[StreamInfo]:
+        """Every stream: pulled ones and WHIP stream names."""
+        return [StreamInfo.of(v) for v in monitor.views()]
 
-    @api.post("/streams", status_code=201, tags=["streams"])
-    async def add_stream(spec: StreamConfig) -> dict[str, Any]:
+    @api.post("/streams", status_code=201, tags=["streams"], responses=_errors({
+        400: "invalid profile name", 404: "unknown profile",
+        409: "the name is taken; the profile is damaged or enrolled with another base model"}))
+    async def add_stream(spec: StreamConfig) -> StreamInfo:
         """Watch a file or URL (rtsp://, http(s)://), or register a WHIP stream name (no url)."""
-        try:
-            return monitor.add_stream(spec).to_dict()
-        except ProfileError as err:
-            raise _profile_http(monitor, err) from None
-        except StreamError as err:
-            raise HTTPException(409, str(err)) from None
+        return StreamInfo.of(monitor.add_stream(spec))
 
-    @api.get("/streams/{name}", tags=["streams"])
-    async def get_stream(name: str) -> dict[str, Any]:
-        return monitor.view(name).to_dict()
+    @api.get("/streams/{name}", tags=["streams"], responses=_errors({404: "unknown stream"}))
+    async def get_stream(name: str) -> StreamInfo:
+        return StreamInfo.of(monitor.view(name))
 
-    @api.get("/streams/{name}/health", tags=["streams"])
-    async def stream_health(name: str) -> dict[str, Any]:
+    @api.get("/streams/{name}/health", tags=["streams"], responses=_errors({404: "unknown stream"}))
+    async def stream_health(name: str) -> StreamHealthInfo | IdleHealth:
+        """The source's health; a WHIP stream without a publisher is idle."""
         v = monitor.view(name)
-        return v.to_dict()["health"] or {"name": name, "phase": "idle"}
+        return StreamHealthInfo.of(v.health) if v.health is not None else IdleHealth(name=name, phase="idle")
 
-    @api.delete("/streams/{name}", status_code=204, tags=["streams"])
+    @api.delete("/streams/{name}", status_code=204, tags=["streams"], response_class=Response,
+                responses=_errors({404: "unknown stream"}))
     async def remove_stream(name: str) -> Response:
+        """Stop the stream and forget it (also across restarts)."""
         await monitor.remove_stream(name)
         return Response(status_code=204)
 
     @api.get("/profiles", tags=["profiles"])
-    async def list_profiles() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    async def list_profiles() -> list[ProfileInfo | ProfileUnreadable]:
+        """Every profile in the store; one that cannot be loaded is listed with the reason."""
+        rows: list[ProfileInfo | ProfileUnreadable] = []
         for n in monitor.profile_names():
             try:
                 p = monitor.profiles.load(n)
-            except ProfileError as err:
-                rows.append({"name": n, "error": str(err)})
+            except ProfileError as err:  # one unreadable profile must not hide the others
+                rows.append(ProfileUnreadable(name=n, error=str(err)))
                 continue
-            rows.append({"name": n, "created": p.created, "threshold": p.calibration.threshold,
-                         "references": len(p.references), "base_model": p.base_model_sha256[:12],
-                         "compatible": p.base_model_sha256 == monitor.base_sha256})
+            rows.append(ProfileInfo.of(p, monitor.base_sha256))
         return rows
 
     @api.get("/alerts", tags=["alerts"])
     async def list_alerts(
-        status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
+        status: AlertStatus | None = None,
         stream: str | None = None, profile: str | None = None,
         since: Annotated[float | None, Query(description="Opened at or after (epoch seconds)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
-        return [a.to_dict() for a in monitor.store.list_alerts(status=status, stream=stream, profile=profile,
-                                                               since=since, limit=limit)]
+    ) -> list[AlertDetail]:
+        """Alerts, newest first."""
+        return [AlertDetail.of(a) for a in monitor.store.list_alerts(status=status, stream=stream, profile=profile,
+                                                                     since=since, limit=limit)]
 
-    @api.get("/alerts/{alert_id}", tags=["alerts"])
-    async def get_alert(alert_id: str) -> dict[str, Any]:
-        return monitor.alert(alert_id).to_dict()
+    @api.get("/alerts/{alert_id}", tags=["alerts"], responses=_errors({404: "unknown alert"}))
+    async def get_alert(alert_id: str) -> AlertDetail:
+        return AlertDetail.of(monitor.alert(alert_id))
 
-    @api.post("/alerts/{alert_id}/ack", tags=["alerts"])
-    async def ack(alert_id: str, body: AckBody) -> dict[str, Any]:
-        return monitor.acknowledge(alert_id, body.by).to_dict()
+    @api.post("/alerts/{alert_id}/ack", tags=["alerts"],
+              responses=_errors({404: "unknown alert", 409: "the alert is not open"}))
+    async def ack(alert_id: str, body: AckBody) -> AlertDetail:
+        """Acknowledge an open alert: returns it updated."""
+        return AlertDetail.of(monitor.acknowledge(alert_id, body.by))
 
-    @api.post("/alerts/{alert_id}/close", tags=["alerts"])
-    async def close(alert_id: str, body: CloseBody) -> dict[str, Any]:
-        return monitor.close(alert_id, body.by, body.reason).to_dict()
+    @api.post("/alerts/{alert_id}/close", tags=["alerts"],
+              responses=_errors({404: "unknown alert", 409: "the alert is already closed"}))
+    async def close(alert_id: str, body: CloseBody) -> AlertDetail:
+        """Close an open or acknowledged alert, with a reason: returns it updated."""
+        return AlertDetail.of(monitor.close(alert_id, body.by, body.reason))
 
     @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> Health:
         """Liveness, without a token."""
-        loop = monitor.loop
-        return {"status": "ok", "version": __version__, "streams": len(monitor.stream_names()),
-                "scoring": {"pending": loop.pending, "batches": loop.batches, "dropped": loop.dropped,
-                            "last_batch": loop.last_batch_size, "last_latency_s": loop.last_latency_s},
-                "websocket_clients": hub.clients}
+        return Health(status="ok", version=__version__, streams=len(monitor.stream_names()),
+                      scoring=ScoringStats.of(monitor.loop), websocket_clients=hub.clients)
 
     # ---- websocket -------------------------------------------------------------------
     @app.websocket("/ws")
@@ -219,24 +247,14 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     app.mount("/dashboard", StaticFiles(directory=STATIC, html=True), name="dashboard")
 
     # One mapping for the whole API instead of a try/except in every route.
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(AlertLifecycleError)
-    async def lifecycle_conflict(request: Request, exc: AlertLifecycleError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    for exc_type in ERROR_STATUS:
+        app.add_exception_handler(exc_type, _domain_error)
 
     @app.exception_handler(413)
     async def too_large(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=413, headers={"Connection": "close"})
 
     return app
-
-
-def _profile_http(monitor: LiveMonitor, err: ProfileError) -> HTTPException:
-    msg = str(err)
-    return HTTPException(404 if msg.startswith("unknown profile") else 409, msg)
 
 
 _DRAIN_CAP = 1 << 20
@@ -269,7 +287,7 @@ async def _read_limited(request: Request, limit: int) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        raise HTTPException(400, "malformed SDP offer: not UTF-8 text") from None
+        raise SdpError("malformed SDP offer: not UTF-8 text") from None
 
 
 async def _stream_events(websocket: WebSocket, monitor: LiveMonitor, hub: WebsocketHub, since: int | None,
@@ -296,24 +314,32 @@ async def _stream_events(websocket: WebSocket, monitor: LiveMonitor, hub: Websoc
             last = since if since >= 0 else max(0, last + since)  # since=-N: the last N events
             while True:
                 page = await asyncio.to_thread(monitor.store.events_since, last, 1000)
-                for ev in page:
-                    await websocket.send_text(ev.to_json())
-                    last = ev.seq
+                for rec in page:
+                    last = rec.seq
+                    try:
+                        stored = rec.event()
+                    except ValidationError as err:
+                        # a row of another shape (another expose version): skipping it beats a
+                        # connection that dies at the same row on every reconnect
+                        log.warning("event %d (%s) is not a valid message, not replayed: %s", rec.seq, rec.type,
+                                    str(err).splitlines()[0])
+                        continue
+                    await websocket.send_text(stored.model_dump_json())
                 if len(page) < 1000:
                     break
-        await websocket.send_json(_heartbeat(last, monitor))
+        await websocket.send_text(_heartbeat(last, monitor).model_dump_json())
         while not closed.is_set():
             try:
                 ev = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat_s)
             except TimeoutError:
-                await websocket.send_json(_heartbeat(last, monitor))
+                await websocket.send_text(_heartbeat(last, monitor).model_dump_json())
                 continue
             if sub.lagging:
                 await websocket.close(code=1013, reason=f"too slow; reconnect with ?since={last}")
                 return
             if ev.seq <= last:
                 continue
-            await websocket.send_text(ev.to_json())
+            await websocket.send_text(ev.model_dump_json())
             last = ev.seq
     except (WebSocketDisconnect, RuntimeError):
         pass
@@ -325,6 +351,5 @@ async def _stream_events(websocket: WebSocket, monitor: LiveMonitor, hub: Websoc
                 await websocket.close()
 
 
-def _heartbeat(seq: int, monitor: LiveMonitor) -> dict[str, Any]:
-    return {"seq": seq, "type": "heartbeat", "stream": None, "ts": time.time(),
-            "streams": {v.name: v.state for v in monitor.views()}}
+def _heartbeat(seq: int, monitor: LiveMonitor) -> HeartbeatEvent:
+    return HeartbeatEvent(seq=seq, ts=time.time(), streams={v.name: v.state for v in monitor.views()})

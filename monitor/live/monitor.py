@@ -14,18 +14,35 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from expose.exporters.base import AlertSink
-from expose.monitor.alerts.events import Event, EventType
+from expose.monitor.alerts.events import (
+    AlertChange,
+    AlertDetail,
+    AlertSummary,
+    AlertUpdate,
+    Event,
+    EventPayload,
+    ScoreData,
+    StreamAdded,
+    StreamPhase,
+    StreamPublishing,
+    StreamRemoved,
+    StreamUnpublished,
+)
 from expose.monitor.alerts.policy import Alert, AlertPolicy, PolicySettings, PolicyState, StreamState
 from expose.monitor.alerts.policy import acknowledge as ack_alert
 from expose.monitor.alerts.policy import close as close_alert
 from expose.monitor.config import Config, StreamConfig
 from expose.monitor.errors import ExposeError
 from expose.monitor.features.stream import LiveFeatureSettings
+from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.live import watchdog as wd
 from expose.monitor.live.runner import StreamHealth, StreamRunner
@@ -40,7 +57,13 @@ log = logging.getLogger(__name__)
 
 
 class StreamError(ExposeError):
-    """A stream request that cannot be honoured (unknown, duplicate, busy)."""
+    """A stream request that the stream's current state does not allow (duplicate name, a
+    publisher already on, a pulled stream offered a publisher): the HTTP API answers 409."""
+
+
+class BadStreamRequest(StreamError):
+    """A stream request that is wrong whatever the state (invalid name, no claimed
+    profile): the HTTP API answers 400."""
 
 
 class NotFound(ExposeError):
@@ -54,7 +77,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     whip: WhipSession | None = None
     policy: PolicyState = field(default_factory=PolicyState)
-    last_score: dict[str, Any] | None = None
+    last_score: ScoreData | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +90,7 @@ class StreamView:
     state: StreamState
     health: StreamHealth | None
     whip_session: str | None
-    last_score: dict[str, Any] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return d
+    last_score: ScoreData | None
 
 
 class LiveMonitor:
@@ -86,7 +105,7 @@ class LiveMonitor:
         self.sinks = sinks
         self.policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
         live = cfg.live
-        self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * 25)),
+        self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
                                             audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
         self.loop = ScoringLoop(scorer, self._on_scores, max_batch=live.max_batch, linger_s=live.batch_linger_s)
         self._streams: dict[str, _Stream] = {}
@@ -125,9 +144,9 @@ class LiveMonitor:
                 await s.close()
 
     # ---- events ----------------------------------------------------------------------
-    def emit(self, type: EventType, stream: str | None, data: dict[str, Any]) -> Event:
+    def emit(self, stream: str, payload: EventPayload) -> Event:
         """Store the event (assigning its seq) and queue it for the sinks, in seq order."""
-        event = self.store.append_event(type, stream, data)
+        event = self.store.append_event(payload.event_type, stream, payload.model_dump(mode="json")).event()
         self._outbox.put_nowait(event)
         return event
 
@@ -174,7 +193,7 @@ class LiveMonitor:
             self._start_runner(entry, self._pull_runner(spec))
         if persist:
             self.store.put_stream(spec.name, spec.model_dump(mode="json"))
-        self.emit("stream", spec.name, {"action": "added", "url": spec.url, "profile": spec.profile})
+        self.emit(spec.name, StreamAdded(action="added", url=spec.url, profile=spec.profile))
         return self.view(spec.name)
 
     async def remove_stream(self, name: str) -> None:
@@ -182,7 +201,7 @@ class LiveMonitor:
             raise NotFound(f"unknown stream {name!r}")
         await self._stop_stream(name)
         self.store.delete_stream(name)
-        self.emit("stream", name, {"action": "removed"})
+        self.emit(name, StreamRemoved(action="removed"))
 
     async def _stop_stream(self, name: str) -> None:
         entry = self._streams.pop(name)
@@ -244,20 +263,23 @@ class LiveMonitor:
             await session.close()
             if not self._configured(entry.spec.name):
                 self._streams.pop(entry.spec.name, None)
-            self.emit("stream", entry.spec.name, {"action": "unpublished", "session": session.id})
+            self.emit(entry.spec.name, StreamUnpublished(action="unpublished", session=session.id))
 
     def _configured(self, name: str) -> bool:
         return any(s.name == name for s in self.cfg.streams) or name in self.store.list_streams()
 
     def _on_phase(self, runner: StreamRunner) -> None:
         h = runner.health()
-        self.emit("stream", runner.name, {"action": "phase", "phase": h.phase, "reason": h.reason,
-                                          "reconnects": h.reconnects})
+        self.emit(runner.name, StreamPhase(action="phase", phase=h.phase, reason=h.reason, reconnects=h.reconnects))
 
     # ---- WHIP ------------------------------------------------------------------------
     async def start_whip(self, name: str, profile: str | None, offer: str) -> WhipSession:
         """Answer a publisher's offer for stream ``name``; the claimed profile comes from
         ``profile`` or the stream's configuration."""
+        try:
+            StreamConfig(name=name)  # the same name rule as configured streams
+        except ValidationError:
+            raise BadStreamRequest(f"invalid stream name {name!r}: 1-64 letters, digits, '_', '.', '-'") from None
         entry = self._streams.get(name)
         if entry is not None and entry.spec.url is not None:
             raise StreamError(f"stream {name!r} pulls from {entry.spec.url}; it takes no WHIP publisher")
@@ -265,7 +287,8 @@ class LiveMonitor:
             raise StreamError(f"stream {name!r} already has a publisher (DELETE its session first)")
         claimed = profile or (entry.spec.profile if entry is not None else None)
         if claimed is None:
-            raise StreamError(f"no claimed profile for stream {name!r}: pass ?profile=NAME or configure the stream")
+            raise BadStreamRequest(
+                f"no claimed profile for stream {name!r}: pass ?profile=NAME or configure the stream")
         self.profile(claimed)
         live = self.cfg.live
         session = await open_session(name, claimed, offer, max_side=self.cfg.features.max_side,
@@ -273,7 +296,7 @@ class LiveMonitor:
         if entry is None:
             entry = _Stream(StreamConfig(name=name, profile=claimed))
             self._streams[name] = entry
-            self.emit("stream", name, {"action": "added", "url": None, "profile": claimed})
+            self.emit(name, StreamAdded(action="added", url=None, profile=claimed))
         elif entry.spec.profile != claimed:
             entry.spec = entry.spec.model_copy(update={"profile": claimed})
         entry.whip = session
@@ -281,7 +304,7 @@ class LiveMonitor:
         runner = self._runner(name, "whip", lambda: session.source, url=None,
                               watchdog=self._watchdog(can_restart=False, restart_on_end=False))
         self._start_runner(entry, runner)
-        self.emit("stream", name, {"action": "publishing", "session": session.id, "profile": claimed})
+        self.emit(name, StreamPublishing(action="publishing", session=session.id, profile=claimed))
         return session
 
     async def end_whip(self, name: str, session_id: str) -> None:
@@ -291,7 +314,7 @@ class LiveMonitor:
         await self._stop_entry(entry)
         if not self._configured(name):
             self._streams.pop(name, None)  # an ad-hoc WHIP stream lives as long as its session
-        self.emit("stream", name, {"action": "unpublished", "session": session_id})
+        self.emit(name, StreamUnpublished(action="unpublished", session=session_id))
 
     # ---- scoring ---------------------------------------------------------------------
     def _on_window(self, window: Window) -> None:
@@ -320,25 +343,25 @@ class LiveMonitor:
                                     thumbnail=runner.thumbnail if runner is not None else (lambda: None))
             entry.policy = step.state
             s = r.score
-            data = {
-                "profile": s.profile or None, "t0": s.t0, "t1": s.t1, "status": s.status,
-                "distance": s.distance, "smoothed": step.smoothed,
+            data = ScoreData(
+                profile=s.profile or None, t0=s.t0, t1=s.t1, status=s.status,
+                distance=s.distance, smoothed=step.smoothed,
                 # the threshold the smoothed distance was compared with
-                "threshold": calib.alert_threshold(len(step.state.recent)) if calib else None,
-                "z": prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
-                "identity": s.identity, "sync": s.sync, "fit": s.fit,
-                "face_ratio": s.face_ratio, "speech_ratio": s.speech_ratio,
-                "reason": s.reason, "state": step.state.state, "latency_s": round(r.latency_s, 3),
-                "alert_id": step.state.alert.id if step.state.alert is not None else None,
-            }
+                threshold=calib.alert_threshold(len(step.state.recent)) if calib else None,
+                z=prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
+                identity=s.identity, sync=s.sync, fit=s.fit,
+                face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
+                reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),
+                alert_id=step.state.alert.id if step.state.alert is not None else None,
+            )
             entry.last_score = data
-            self.emit("score", s.stream, data)
+            self.emit(s.stream, data)
             if step.alert is not None:
                 self.store.put_alert(step.alert)
-                if step.change in ("opened", "ended"):
-                    self.emit("alert", s.stream, {"action": step.change, "alert": step.alert.to_dict()})
+                if step.change == "opened" or step.change == "ended":
+                    self.emit(s.stream, AlertChange(action=step.change, alert=AlertDetail.of(step.alert)))
                 else:  # one per window while it lasts: the summary, not the evidence again
-                    self.emit("alert", s.stream, {"action": "updated", "alert": step.alert.summary()})
+                    self.emit(s.stream, AlertUpdate(action="updated", alert=AlertSummary.of(step.alert)))
 
     # ---- alerts ----------------------------------------------------------------------
     def alert(self, alert_id: str) -> Alert:
@@ -353,7 +376,8 @@ class LiveMonitor:
     def close(self, alert_id: str, who: str, reason: str) -> Alert:
         return self._transition(alert_id, lambda a: close_alert(a, who, time.time(), reason), "closed")
 
-    def _transition(self, alert_id: str, change: Any, action: str) -> Alert:
+    def _transition(self, alert_id: str, change: Callable[[Alert], Alert],
+                    action: Literal["acknowledged", "closed"]) -> Alert:
         current = self.alert(alert_id)
         entry = self._streams.get(current.stream)
         live = entry.policy.alert if entry is not None else None
@@ -363,7 +387,7 @@ class LiveMonitor:
         if entry is not None and live is not None and live.id == alert_id:
             entry.policy = dataclasses.replace(entry.policy, alert=updated)
         self.store.put_alert(updated)
-        self.emit("alert", updated.stream, {"action": action, "alert": updated.to_dict()})
+        self.emit(updated.stream, AlertChange(action=action, alert=AlertDetail.of(updated)))
         return updated
 
     # ---- views -----------------------------------------------------------------------

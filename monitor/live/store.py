@@ -13,10 +13,11 @@ import logging
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expose.monitor.alerts.events import Event, EventType
+from expose.monitor.alerts.events import Event, EventType, event_from
 from expose.monitor.alerts.policy import Alert
 from expose.monitor.errors import ExposeError
 
@@ -38,6 +39,21 @@ CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, body TEXT NOT NULL, a
 
 class StoreError(ExposeError):
     """The monitor's SQLite file cannot be opened or is of another schema."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the store keeps it: the envelope and the body as JSON values."""
+
+    seq: int
+    type: EventType
+    stream: str | None
+    ts: float  # wall clock, epoch seconds
+    data: dict[str, Any]
+
+    def event(self) -> Event:
+        """The typed message (raises pydantic.ValidationError on a body of another shape)."""
+        return event_from(self.seq, self.type, self.stream, self.ts, self.data)
 
 
 class LiveStore:
@@ -65,20 +81,20 @@ class LiveStore:
 
     # ---- events ----------------------------------------------------------------------
     def append_event(self, type: EventType, stream: str | None, data: dict[str, Any],
-                     ts: float | None = None) -> Event:
+                     ts: float | None = None) -> StoredEvent:
         ts = time.time() if ts is None else ts
         body = json.dumps(data, separators=(",", ":"), allow_nan=False)
         with self._lock:
             cur = self._db.execute("INSERT INTO events (type, stream, ts, data) VALUES (?, ?, ?, ?)",
                                    (type, stream, ts, body))
             seq = int(cur.lastrowid or 0)
-        return Event(seq, type, stream, ts, data)
+        return StoredEvent(seq, type, stream, ts, data)
 
-    def events_since(self, seq: int, limit: int = 10_000) -> list[Event]:
+    def events_since(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         with self._lock:
             rows = self._db.execute("SELECT seq, type, stream, ts, data FROM events WHERE seq > ? ORDER BY seq "
                                     "LIMIT ?", (seq, limit)).fetchall()
-        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [StoredEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def last_seq(self) -> int:
         with self._lock:

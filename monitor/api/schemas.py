@@ -1,0 +1,153 @@
+"""What the REST API takes and returns: the pydantic models behind /openapi.json.
+
+Request bodies refuse unknown keys. Responses are built from the monitor's values
+(StreamView, StreamHealth, Alert, Profile) by the ``of`` constructors; alerts are the
+same models the websocket carries (``alerts.events``). docs/live.md's field tables are
+generated from these and the websocket models (``api.reference``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from expose.monitor.alerts.events import AlertDetail, AlertSummary, Message, ScoreData
+from expose.monitor.alerts.policy import StreamState
+from expose.monitor.live.monitor import StreamView
+from expose.monitor.live.runner import SourceKind, StreamHealth
+from expose.monitor.live.scoring import ScoringLoop
+from expose.monitor.live.watchdog import Phase
+from expose.profiles.store import Profile
+
+__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "ErrorBody", "Health", "IdleHealth",
+           "ProfileInfo", "ProfileUnreadable", "ScoringStats", "StreamHealthInfo", "StreamInfo"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- requests ----------------------------------------------------------------------------
+
+class AckBody(_Body):
+    """Acknowledge an open alert."""
+
+    by: str = Field(min_length=1, max_length=200, description="Who acknowledges (operator name or id).")
+
+
+class CloseBody(_Body):
+    """Close an alert that is not closed yet."""
+
+    by: str = Field(min_length=1, max_length=200, description="Who closes the alert.")
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S",
+                        description="Why: e.g. 'confirmed impostor', 'false alarm'.")
+
+
+# ---- responses ---------------------------------------------------------------------------
+
+class ErrorBody(Message):
+    """Any 4xx but 422 (whose detail is FastAPI's list of validation errors)."""
+
+    detail: str = Field(description="What was wrong, in one line.")
+
+
+class StreamHealthInfo(Message):
+    """The source of a stream that runs: its watchdog phase and throughput."""
+
+    name: str = Field(description="Stream name.")
+    kind: SourceKind = Field(description="pull: the monitor reads a URL or file; whip: a WebRTC publisher.")
+    url: str | None = Field(description="What it pulls; null for WHIP.")
+    phase: Phase = Field(description="Watchdog phase.")
+    stalled: bool = Field(description="No frame for `live.stall_after_s`.")
+    reason: str = Field(description="Why down or failed; empty otherwise.")
+    last_frame_age_s: float | None = Field(description="Seconds since the last video frame; null before the first.")
+    fps: float = Field(description="Video frames per second over the last 5 s.")
+    reconnects: int = Field(description="Restarts within the watchdog's window.")
+    dropped_frames: int = Field(description="Video frames dropped by the bounded queue (features fell behind).")
+    skipped_windows: int = Field(description="Windows skipped by the feature buffer.")
+    behind: bool = Field(description="Frames dropped or windows skipped in the last 10 s: the machine is not "
+                         "keeping up with this stream.")
+    windows: int = Field(description="Windows cut so far.")
+    uptime_s: float = Field(description="Seconds since the runner started.")
+
+    @classmethod
+    def of(cls, health: StreamHealth) -> StreamHealthInfo:
+        return cls.model_validate(dataclasses.asdict(health))
+
+
+class IdleHealth(Message):
+    """A WHIP stream name that no publisher is on."""
+
+    name: str = Field(description="Stream name.")
+    phase: Literal["idle"] = Field(description="No source runs.")
+
+
+class StreamInfo(Message):
+    """A stream: what it watches, whom it checks, how it is doing."""
+
+    name: str = Field(description="Stream name.")
+    url: str | None = Field(description="What it pulls; null: a WHIP stream.")
+    profile: str | None = Field(description="The claimed profile.")
+    state: StreamState = Field(description="Alert-policy state after the last window.")
+    health: StreamHealthInfo | None = Field(description="The source's health; null while none runs "
+                                            "(a WHIP stream without a publisher).")
+    whip_session: str | None = Field(description="The WHIP session id while a publisher is on.")
+    last_score: ScoreData | None = Field(description="The last window's score (the websocket `score` "
+                                         "message without its envelope).")
+
+    @classmethod
+    def of(cls, view: StreamView) -> StreamInfo:
+        return cls(name=view.name, url=view.url, profile=view.profile, state=view.state,
+                   health=StreamHealthInfo.of(view.health) if view.health is not None else None,
+                   whip_session=view.whip_session, last_score=view.last_score)
+
+
+class ProfileInfo(Message):
+    """An enrolled profile."""
+
+    name: str = Field(description="Profile name.")
+    created: str = Field(description="When it was enrolled (ISO 8601).")
+    threshold: float = Field(description="Single-window distance threshold from its calibration.")
+    references: int = Field(description="Reference clips it was enrolled from.")
+    base_model: str = Field(description="First 12 hex digits of the base model's SHA-256 it was enrolled with.")
+    compatible: bool = Field(description="Enrolled with the model this monitor runs (else it cannot be claimed).")
+
+    @classmethod
+    def of(cls, profile: Profile, base_sha256: str) -> ProfileInfo:
+        return cls(name=profile.name, created=profile.created, threshold=profile.calibration.threshold,
+                   references=len(profile.references), base_model=profile.base_model_sha256[:12],
+                   compatible=profile.base_model_sha256 == base_sha256)
+
+
+class ProfileUnreadable(Message):
+    """A profile folder that cannot be loaded."""
+
+    name: str = Field(description="Profile name.")
+    error: str = Field(description="Why it cannot be loaded.")
+
+
+class ScoringStats(Message):
+    """The scoring loop shared by every stream."""
+
+    pending: int = Field(description="Windows waiting to be scored.")
+    batches: int = Field(description="Batched scorer calls so far.")
+    dropped: int = Field(description="Windows dropped because the queue was full.")
+    last_batch: int = Field(description="Windows in the last batch.")
+    last_latency_s: float | None = Field(description="Seconds the last batch took; null before the first.")
+
+    @classmethod
+    def of(cls, loop: ScoringLoop) -> ScoringStats:
+        return cls(pending=loop.pending, batches=loop.batches, dropped=loop.dropped,
+                   last_batch=loop.last_batch_size, last_latency_s=loop.last_latency_s)
+
+
+class Health(Message):
+    """Liveness of the process."""
+
+    status: Literal["ok"] = Field(description="Always ok: an answer means the process is up.")
+    version: str = Field(description="expose version.")
+    streams: int = Field(description="Streams known to the monitor.")
+    scoring: ScoringStats = Field(description="Scoring-loop counters.")
+    websocket_clients: int = Field(description="Connected websocket clients.")
