@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Feature extraction speed on corpus clips of different resolutions.
 
-    python3 bench/bench_features.py                      # default clips, table
-    python3 bench/bench_features.py --repeat 3 --json    # machine-readable
-    python3 bench/bench_features.py --clips real/trump/speech_01.mp4 /path/to/any.mp4
+    .venv/bin/python bench/bench_features.py                      # default clips, table
+    .venv/bin/python bench/bench_features.py --repeat 3 --json    # machine-readable
+    .venv/bin/python bench/bench_features.py --clips real/trump/speech_01.mp4 /path/to/any.mp4
 
 Every measurement runs ``expose.monitor.features.extract.extract_track`` (no feature cache) in a fresh
 subprocess, so that peak RSS is per clip and so that the single-core run is pinned
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = (REPO / ".." / "shared" / "corpus").resolve()
@@ -61,7 +62,7 @@ def _worker(args: argparse.Namespace) -> None:
     landmark_s = 0.0
     original_process = features.ExpressionExtractor.process
 
-    def timed_process(self, image, time_s):  # instrumentation only: same call, timed
+    def timed_process(self: Any, image: Any, time_s: float) -> Any:  # instrumentation only: same call, timed
         nonlocal landmark_s
         t = time.perf_counter()
         try:
@@ -73,7 +74,8 @@ def _worker(args: argparse.Namespace) -> None:
         nonlocal decoded
         decoded += 1
 
-    features.ExpressionExtractor.process = timed_process
+    # instrumentation only: the same method, timed
+    features.ExpressionExtractor.process = timed_process  # type: ignore[method-assign]
     cfg = FeatureConfig()
     runs, marks = [], []
     for _ in range(args.repeat):

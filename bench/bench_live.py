@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Live-monitor capacity on this machine: simultaneous real-time streams, latency, memory.
 
-    python3 bench/bench_live.py                          # defaults: at most ~6 minutes
-    python3 bench/bench_live.py --max-streams 4 --level-seconds 20 --memory-seconds 90 --json
+    .venv/bin/python bench/bench_live.py                          # defaults: at most ~6 minutes
+    .venv/bin/python bench/bench_live.py --max-streams 4 --level-seconds 20 --memory-seconds 90 --json
 
 One process, the real pipeline of `expose serve` without its HTTP front: the LiveMonitor
 (PullSource -> StreamRunner with MediaPipe and the audio features -> the shared
@@ -216,12 +216,14 @@ def source_fps(path: Path, at_least_s: float) -> float:
     """The clip's frame rate; it must last the whole level (streams are not looped there)."""
     import av
 
+    from expose.monitor.features.timeline import FPS
+
     with av.open(str(path)) as c:
         v = c.streams.video[0]
-        duration = float(v.duration * v.time_base) if v.duration else (c.duration or 0) / 1e6
+        duration = float(v.duration * v.time_base) if v.duration and v.time_base else (c.duration or 0) / 1e6
         if duration < at_least_s:
             raise SystemExit(f"{path} lasts {duration:.1f} s, less than --level-seconds {at_least_s:g}")
-        return float(v.average_rate) if v.average_rate else 25.0
+        return float(v.average_rate) if v.average_rate else float(FPS)
 
 
 # ---- the phases ---------------------------------------------------------------------------
@@ -261,7 +263,9 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
     b = time.monotonic()
     span = b - a
     health = {name: monitor.view(name).health for name, _ in streams}
-    per_stream, e2e_all, scoring_all = [], [], []
+    per_stream: list[dict[str, Any]] = []
+    e2e_all: list[float] = []
+    scoring_all: list[float] = []
     for name, url in streams:
         delivered = REC.delivered.get(url, [])
         taken = REC.taken.get(url, [])
@@ -341,6 +345,7 @@ async def run_memory(monitor: Any, sink: ScoreSink, n: int, clip: Path, args: ar
 
 async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from expose.monitor.api.serve import build_monitor
+    from expose.monitor.features.timeline import FPS
 
     started = time.monotonic()
     clip = (args.corpus / args.clip).resolve() if not Path(args.clip).is_absolute() else Path(args.clip)
@@ -357,7 +362,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine(), "model": model_what, "device": str(monitor.scorer.device),
         "clip": {"path": str(clip), "fps": fps}, "hop_s": cfg.live.hop_s,
-        "window_s": monitor.features.window / 25, "settings": {k: (str(v) if isinstance(v, Path) else v)
+        "window_s": monitor.features.window / FPS, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                                for k, v in vars(args).items()},
     }
     await monitor.start()

@@ -84,8 +84,11 @@ def extract(feature_config: FeatureConfig, face_model: Path) -> Extract:
     return _extract
 
 
+Clip = Callable[[str], Path]
+
+
 @pytest.fixture(scope="session")
-def clip(corpus: Path) -> Callable[[str], Path]:
+def clip(corpus: Path) -> Clip:
     """``clip("real/lrs2_00008/00008.mp4")`` -> its path; skips if that file is missing."""
 
     def _clip(rel: str) -> Path:
@@ -94,7 +97,7 @@ def clip(corpus: Path) -> Callable[[str], Path]:
     return _clip
 
 
-RunCli = Callable[..., subprocess.CompletedProcess]
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +106,7 @@ def run_cli() -> RunCli:
     (plus ``env`` overrides)."""
 
     def _run(*args: str | Path, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess:
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "expose.monitor.cli", *map(str, args)],
             capture_output=True, text=True, timeout=timeout, cwd=REPO,

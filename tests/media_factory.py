@@ -74,10 +74,13 @@ def synthetic_av(
     n_frames = int(round(seconds * fps))
     with av.open(str(dest), "w") as out:
         vs = out.add_stream(video_codec, rate=fps)
+        assert isinstance(vs, av.VideoStream), f"{video_codec} is not a video codec"
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        aus = None
+        aus: av.AudioStream | None = None
         if tone_hz is not None:
-            aus = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
+            stream = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
+            assert isinstance(stream, av.AudioStream), f"{audio_codec} is not an audio codec"
+            aus = stream
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
         phases = (2 * np.pi * i / fps for i in range(n_frames))
         _encode_video(out, vs, (np.stack([
@@ -86,6 +89,7 @@ def synthetic_av(
             rng.integers(0, 256, size=(height, width)),
         ], axis=-1).astype(np.uint8) for phase in phases), fps)
         if aus is not None:
+            assert tone_hz is not None  # there is an audio stream only with a tone
             t = np.arange(int(seconds * sample_rate), dtype=np.float64) / sample_rate
             _encode_audio(out, aus, (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32), sample_rate)
     return dest
@@ -112,6 +116,7 @@ def dub_remux(video_src: Path, audio_src: Path, dest: Path, repeat: int = 1) -> 
     timestamps: what a dubbing attack hands to a call."""
     with av.open(str(video_src)) as vin_c, av.open(str(audio_src)) as ain_c, av.open(str(dest), "w") as out:
         vin, ain = vin_c.streams.video[0], ain_c.streams.audio[0]
+        assert vin.time_base is not None  # a demuxed stream has a time base
         vout, aout = out.add_stream_from_template(vin), out.add_stream_from_template(ain)
         span = float(vin.duration * vin.time_base) if vin.duration else float(vin_c.duration or 0) / 1e6
         end: dict[str, int] = {}  # per output stream: where the next pass starts (its time base)
@@ -120,6 +125,7 @@ def dub_remux(video_src: Path, audio_src: Path, dest: Path, repeat: int = 1) -> 
             ain_c.seek(0)
             for container, stream, into, cut in ((vin_c, vin, vout, None), (ain_c, ain, aout, span)):
                 tb, shift = stream.time_base, None
+                assert tb is not None  # a demuxed stream has a time base
                 for packet in container.demux(stream):
                     if packet.dts is None or packet.pts is None:
                         continue

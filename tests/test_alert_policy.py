@@ -11,6 +11,7 @@ from expose.monitor.alerts.policy import (
     AlertPolicy,
     PolicySettings,
     PolicyState,
+    PolicyStep,
     acknowledge,
     close,
 )
@@ -25,7 +26,7 @@ def _score(t: float, d: float | None) -> Score:
     return Score("cam", "alice", t, t + 2.56, "scored", 1.0, 0.8, distance=d)
 
 
-def _run(policy: AlertPolicy, dists: list[float | None]) -> list:  # type: ignore[type-arg]
+def _run(policy: AlertPolicy, dists: list[float | None]) -> list[PolicyStep]:
     st, steps = PolicyState(), []
     for i, d in enumerate(dists):
         step = policy.step(st, _score(float(i), d), THR, now=1000.0 + i, thumbnail=lambda: "JPEG",
@@ -42,11 +43,13 @@ def test_k_of_n_raises_and_m_under_clears() -> None:
                                               "authentic"]
     assert [s.change for s in steps] == [None, None, None, "opened", "updated", "ended", None]
     opened = steps[3].alert
+    assert opened is not None  # the "opened" step carries its alert
     assert opened.id == "a1" and opened.thumbnail_jpeg == "JPEG" and opened.status == "open"
     assert opened.t_start == 1.0  # the first window over the threshold
     assert [(round(t, 6), d) for t, d in opened.scores] == [(3.56, 2.0), (4.56, 0.2), (5.56, 3.0)]
     assert opened.peak_distance == 3.0 and opened.mean_distance == pytest.approx(5.2 / 3)
     ended = steps[5].alert
+    assert ended is not None  # the "ended" step carries its alert
     assert ended.t_end == pytest.approx(7.56) and ended.ended_at == 1005.0 and ended.n_windows == 5
     assert not ended.active and opened.active
 

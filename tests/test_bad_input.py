@@ -8,22 +8,30 @@ pictures and sound (tests/media_factory.py).
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import media_factory as mf
 import numpy as np
 import pytest
 
+from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import AssetError, MediaError
 from expose.monitor.features.expressions import ExpressionExtractor
 from expose.monitor.features.extract import extract_track
 
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract, RunCli
+
 SRC = "real/lrs2_00008/00008.mp4"  # 3 s, 160x160 mpeg4 + aac; its moov atom is at the end
+
+CliRuns = dict[str, subprocess.CompletedProcess[str]]  # case name -> its finished CLI process
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory, clip) -> dict[str, Path]:
+def media(tmp_path_factory: pytest.TempPathFactory, clip: Clip) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad-media")
     src = clip(SRC)
     text = d / "notes.mp4"  # a media name does not make it media
@@ -60,7 +68,8 @@ ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_api_raises_media_error(case, media, feature_config, face_model):
+def test_api_raises_media_error(case: str, media: dict[str, Path], feature_config: FeatureConfig,
+                                face_model: Path) -> None:
     path = media[case]
     with pytest.raises(MediaError) as info:
         extract_track(path, feature_config, face_model)
@@ -72,7 +81,7 @@ def test_api_raises_media_error(case, media, feature_config, face_model):
 
 
 @pytest.fixture(scope="module")
-def cli_runs(media, run_cli, tmp_path_factory) -> dict[str, object]:
+def cli_runs(media: dict[str, Path], run_cli: RunCli, tmp_path_factory: pytest.TempPathFactory) -> CliRuns:
     """Every CLI case below, run concurrently (each is a separate process)."""
     d = tmp_path_factory.mktemp("cli-bad")
     garbage_model = d / "face_landmarker.task"
@@ -99,7 +108,7 @@ def cli_runs(media, run_cli, tmp_path_factory) -> dict[str, object]:
         return {name: f.result() for name, f in futures.items()}
 
 
-def assert_one_line_error(proc, *phrases: str) -> str:
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *phrases: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -112,11 +121,11 @@ def assert_one_line_error(proc, *phrases: str) -> str:
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_cli_one_line_error(case, media, cli_runs):
+def test_cli_one_line_error(case: str, media: dict[str, Path], cli_runs: CliRuns) -> None:
     assert_one_line_error(cli_runs[case], str(media[case]), *ERRORS[case])
 
 
-def test_no_audio_allowed_gives_silent_track(media, extract):
+def test_no_audio_allowed_gives_silent_track(media: dict[str, Path], extract: Extract) -> None:
     track = extract(media["no_audio"], require_audio=False)
     assert not track.has_audio
     assert not track.speech.any() and track.speech_ratio == 0.0
@@ -125,7 +134,7 @@ def test_no_audio_allowed_gives_silent_track(media, extract):
     assert track.face_ratio > 0.95
 
 
-def test_cli_allow_no_audio(cli_runs):
+def test_cli_allow_no_audio(cli_runs: CliRuns) -> None:
     proc = cli_runs["allow_no_audio"]
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -134,7 +143,7 @@ def test_cli_allow_no_audio(cli_runs):
     assert info["face_ratio"] > 0.95
 
 
-def test_no_face_is_not_an_error(media, extract):
+def test_no_face_is_not_an_error(media: dict[str, Path], extract: Extract) -> None:
     track = extract(media["no_face"])
     assert len(track) == 50  # 2 s at 25 fps
     assert not track.face_mask.any()
@@ -142,7 +151,7 @@ def test_no_face_is_not_an_error(media, extract):
     assert track.has_audio and np.isfinite(track.mel).all()
 
 
-def test_cli_no_face_warns_and_succeeds(media, cli_runs):
+def test_cli_no_face_warns_and_succeeds(media: dict[str, Path], cli_runs: CliRuns) -> None:
     proc = cli_runs["no_face"]
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -151,7 +160,7 @@ def test_cli_no_face_warns_and_succeeds(media, cli_runs):
     assert media["no_face"].name in proc.stderr
 
 
-def test_truncated_faststart_mp4_gives_what_it_holds(media, extract):
+def test_truncated_faststart_mp4_gives_what_it_holds(media: dict[str, Path], extract: Extract) -> None:
     """An mp4 with its index first, cut at half its bytes: the part before the cut is used."""
     full = extract(media["source"])
     part = extract(media["truncated_faststart"])
@@ -162,7 +171,7 @@ def test_truncated_faststart_mp4_gives_what_it_holds(media, extract):
     np.testing.assert_allclose(part.expression[:n], full.expression[:n], atol=1e-4)
 
 
-def test_garbage_face_model(tmp_path, cli_runs):
+def test_garbage_face_model(tmp_path: Path, cli_runs: CliRuns) -> None:
     garbage = tmp_path / "face_landmarker.task"
     garbage.write_text("not a model")
     with pytest.raises(AssetError, match="cannot load face model"):
@@ -172,19 +181,19 @@ def test_garbage_face_model(tmp_path, cli_runs):
     assert_one_line_error(cli_runs["garbage_model"], "cannot load face model")
 
 
-def test_cli_missing_face_model_names_the_variable(cli_runs):
+def test_cli_missing_face_model_names_the_variable(cli_runs: CliRuns) -> None:
     assert_one_line_error(cli_runs["missing_model"], "EXPOSE_FACE_MODEL", "nowhere")
 
 
-def test_cli_config_errors(cli_runs):
+def test_cli_config_errors(cli_runs: CliRuns) -> None:
     assert_one_line_error(cli_runs["missing_config"], "config file not found", "nope.toml")
     assert_one_line_error(cli_runs["bad_config"], "not valid TOML", "bad.toml")
 
 
-def test_cli_refuses_live_url(cli_runs):
+def test_cli_refuses_live_url(cli_runs: CliRuns) -> None:
     assert_one_line_error(cli_runs["url"], "rtsp://camera.invalid/stream", "expose watch")
 
 
-def test_cli_paths_are_not_rich_markup(cli_runs):
+def test_cli_paths_are_not_rich_markup(cli_runs: CliRuns) -> None:
     """Square brackets in a path are printed as they are (and '[/]' does not crash)."""
     assert_one_line_error(cli_runs["bracket_path"], "[/]/[bold]clip.mp4", "no such file")

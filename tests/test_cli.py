@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,10 +15,16 @@ import pytest
 from expose.monitor import __version__
 from expose.monitor.features.track import FeatureTrack
 
+if TYPE_CHECKING:
+    from tests.conftest import Clip, RunCli
+
 CLIP = "real/lrs2_00008/00008.mp4"  # 3 s
 OTHER = "grid_s1/video/bbaf2n.mpg"  # 3 s
 SUMMARY_KEYS = {"source", "duration_s", "frames", "fps", "face_ratio", "speech_ratio",
                 "has_audio", "cached", "processing_s", "x_realtime"}
+
+# (the clip, the output folder, the two finished runs)
+JsonRuns = tuple[Path, Path, list[subprocess.CompletedProcess[str]]]
 
 
 def expose_script() -> Path:
@@ -27,14 +34,14 @@ def expose_script() -> Path:
     return script
 
 
-def test_console_script_help():
+def test_console_script_help() -> None:
     proc = subprocess.run([str(expose_script()), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "features" in proc.stdout and "Usage" in proc.stdout
 
 
-def test_features_help(run_cli):
+def test_features_help(run_cli: RunCli) -> None:
     proc = run_cli("features", "--help")
     assert proc.returncode == 0, proc.stderr
     for option in ("--json", "--output", "--allow-no-audio", "--no-cache", "--config"):
@@ -42,30 +49,31 @@ def test_features_help(run_cli):
     assert "features" in proc.stdout
 
 
-def test_version(run_cli):
+def test_version(run_cli: RunCli) -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"expose {__version__}"
 
 
-def test_unknown_subcommand_fails(run_cli):
+def test_unknown_subcommand_fails(run_cli: RunCli) -> None:
     proc = run_cli("no-such-command")
     assert proc.returncode != 0
     assert "no-such-command" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
-def module_cache(tmp_path_factory) -> dict[str, str]:
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"EXPOSE_CACHE": str(tmp_path_factory.mktemp("cli-cache"))}
 
 
 @pytest.fixture(scope="module")
-def json_runs(clip, face_model, module_cache, tmp_path_factory):
+def json_runs(clip: Clip, face_model: Path, module_cache: dict[str, str],
+              tmp_path_factory: pytest.TempPathFactory) -> JsonRuns:
     """Two runs of ``expose features CLIP --json -o out.npz`` on an empty cache."""
     out = tmp_path_factory.mktemp("cli-out")
     media = clip(CLIP)
     env = {**os.environ, **module_cache}
-    runs = []
+    runs: list[subprocess.CompletedProcess[str]] = []
     for name in ("first.npz", "second.npz"):
         runs.append(subprocess.run(
             [str(expose_script()), "features", str(media), "--json", "-o", str(out / name)],
@@ -73,7 +81,7 @@ def json_runs(clip, face_model, module_cache, tmp_path_factory):
     return media, out, runs
 
 
-def test_features_json_summary_and_output(json_runs):
+def test_features_json_summary_and_output(json_runs: JsonRuns) -> None:
     media, out, (first, _) = json_runs
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
@@ -95,7 +103,7 @@ def test_features_json_summary_and_output(json_runs):
     assert track.face_ratio > 0.95 and track.speech_ratio > 0.2
 
 
-def test_second_run_is_cached(json_runs):
+def test_second_run_is_cached(json_runs: JsonRuns) -> None:
     _, out, (first, second) = json_runs
     assert second.returncode == 0, second.stderr
     info = json.loads(second.stdout)
@@ -107,7 +115,8 @@ def test_second_run_is_cached(json_runs):
     assert json.loads(first.stdout)["frames"] == info["frames"]
 
 
-def test_several_media_into_a_directory(run_cli, clip, module_cache, tmp_path):
+def test_several_media_into_a_directory(run_cli: RunCli, clip: Clip, module_cache: dict[str, str],
+                                        tmp_path: Path) -> None:
     a, b = clip(CLIP), clip(OTHER)
     proc = run_cli("features", a, b, "-o", tmp_path, env=module_cache)
     assert proc.returncode == 0, proc.stderr
@@ -120,7 +129,7 @@ def test_several_media_into_a_directory(run_cli, clip, module_cache, tmp_path):
         assert saved.source == str(media) and len(saved) > 70
 
 
-def test_several_media_need_a_directory(run_cli, clip, tmp_path):
+def test_several_media_need_a_directory(run_cli: RunCli, clip: Clip, tmp_path: Path) -> None:
     proc = run_cli("features", clip(CLIP), clip(OTHER), "-o", tmp_path / "one.npz")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("expose: error: --output")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from expose.monitor.model.exam import load_model, save_model
+
+if TYPE_CHECKING:
+    from tests.conftest import RunCli
 
 IDENTITIES = ["vox_00002", "vox_00010", "lrs2_00016", "lrs2_00019"]
 
@@ -24,7 +28,7 @@ def tiny_corpus(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, run_cli) -> Path:  # type: ignore[no-untyped-def]
+def tiny_model(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     r = run_cli("train", tiny_corpus, "--out", out, "--preset", "tiny", "--steps", "20", "--eval-every", "10",
                 "--holdout", "lrs2_00019", "--batch", "16", timeout=600)
@@ -35,7 +39,7 @@ def tiny_model(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, run_
     return out
 
 
-def test_train_writes_a_loadable_checkpoint_and_resumes(tiny_model: Path, tiny_corpus: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_train_writes_a_loadable_checkpoint_and_resumes(tiny_model: Path, tiny_corpus: Path, run_cli: RunCli) -> None:
     m = load_model(tiny_model)
     assert sorted(m.meta["identities"]) == sorted(set(IDENTITIES) - {"lrs2_00019"})
     assert m.model.cfg.d_model == 32
@@ -49,14 +53,14 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tiny_model: Path, tiny_c
     assert history["step"] == 30  # continued from step 20, not from 0
 
 
-def test_train_rejects_bad_corpus(tmp_path: Path, tiny_corpus: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_train_rejects_bad_corpus(tmp_path: Path, tiny_corpus: Path, run_cli: RunCli) -> None:
     r = run_cli("train", tmp_path / "nowhere", "--out", tmp_path / "m.safetensors")
     assert r.returncode == 2 and r.stderr.startswith("expose: error:") and "Traceback" not in r.stderr
     r = run_cli("train", tiny_corpus, "--out", tmp_path / "m.safetensors", "--holdout", "nobody")
     assert r.returncode == 2 and "nobody" in r.stderr
 
 
-def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, run_cli: RunCli) -> None:
     profiles = tmp_path / "profiles"
     common = ["--profiles", profiles, "--model", tiny_model]
     r = run_cli("enroll", "alice", corpus / "real/vox_00098/clip_01.mp4", "--steps", "20", *common)
@@ -133,7 +137,7 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
 
 
 def test_profile_of_another_base_model_is_refused(tiny_model: Path, corpus: Path, tmp_path: Path,
-                                                   run_cli) -> None:  # type: ignore[no-untyped-def]
+                                                   run_cli: RunCli) -> None:
     profiles = tmp_path / "profiles"
     r = run_cli("enroll", "carol", corpus / "real/vox_00098/clip_01.mp4", "--steps", "5",
                 "--profiles", profiles, "--model", tiny_model)
@@ -148,7 +152,7 @@ def test_profile_of_another_base_model_is_refused(tiny_model: Path, corpus: Path
     assert r.returncode == 2 and "re-enroll" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_eval_rejects_bad_cases_file(tmp_path: Path, tiny_model: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_eval_rejects_bad_cases_file(tmp_path: Path, tiny_model: Path, run_cli: RunCli) -> None:
     bad = tmp_path / "cases.csv"
     bad.write_text("file,who\nx.mp4,alice\n")
     r = run_cli("eval", bad, "--model", tiny_model, "--profiles", tmp_path)

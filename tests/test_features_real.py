@@ -8,6 +8,7 @@ with PyAV.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -15,6 +16,10 @@ import pytest
 
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import BLENDSHAPE_NAMES, N_BLENDSHAPES
+from expose.monitor.features.track import FeatureTrack
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract
 
 # (corpus path, what it covers). Header rates from MANIFEST.csv / PyAV.
 CLIPS = [
@@ -30,6 +35,9 @@ CLIPS = [
     ("real/news_anchor_zh/original.mp4", "VFR (~22 fps avg), video starts 33 ms after audio"),
 ]
 CLIP_IDS = [Path(p).parent.name + "/" + Path(p).name for p, _ in CLIPS]
+
+ClipAndTrack = tuple[Path, FeatureTrack]
+GridClip = tuple[Path, list[tuple[int, int, str]], FeatureTrack]  # (video, align rows, track)
 
 
 def video_timeline_frames(path: Path) -> float:
@@ -47,12 +55,12 @@ def video_timeline_frames(path: Path) -> float:
 
 
 @pytest.fixture(scope="module", params=[p for p, _ in CLIPS], ids=CLIP_IDS)
-def clip_and_track(request, clip, extract):
+def clip_and_track(request: pytest.FixtureRequest, clip: Clip, extract: Extract) -> ClipAndTrack:
     path = clip(request.param)
     return path, extract(path)
 
 
-def test_timeline_length_is_video_duration_at_25fps(clip_and_track):
+def test_timeline_length_is_video_duration_at_25fps(clip_and_track: ClipAndTrack) -> None:
     path, track = clip_and_track
     expected = video_timeline_frames(path)
     assert abs(len(track) - expected) <= 1.0, (
@@ -62,13 +70,13 @@ def test_timeline_length_is_video_duration_at_25fps(clip_and_track):
     assert track.duration == pytest.approx(len(track) / 25)
 
 
-def test_face_found_on_almost_every_frame(clip_and_track):
+def test_face_found_on_almost_every_frame(clip_and_track: ClipAndTrack) -> None:
     path, track = clip_and_track
     # Observed: 1.0 on all of these but news_anchor_zh/original.mp4 (0.993).
     assert track.face_ratio > 0.95, f"{path.name}: face on {track.face_ratio:.1%} of frames"
 
 
-def test_value_ranges_and_shapes(clip_and_track):
+def test_value_ranges_and_shapes(clip_and_track: ClipAndTrack) -> None:
     path, track = clip_and_track
     n = len(track)
     blend = track.expression[:, :N_BLENDSHAPES]
@@ -91,13 +99,13 @@ def test_value_ranges_and_shapes(clip_and_track):
     assert track.has_audio
 
 
-def test_speech_found_in_clips_with_speech(clip_and_track):
+def test_speech_found_in_clips_with_speech(clip_and_track: ClipAndTrack) -> None:
     path, track = clip_and_track
     # Observed speech ratios 0.48-0.99 (GRID clips ~0.5-0.6: ~1 s of silence around words).
     assert track.speech_ratio > 0.2, f"{path.name}: speech on {track.speech_ratio:.1%} of frames"
 
 
-def test_same_audio_at_different_frame_rates_gives_the_same_audio_features(clip, extract):
+def test_same_audio_at_different_frame_rates_gives_the_same_audio_features(clip: Clip, extract: Extract) -> None:
     """retalking (22.131 fps) and wav2lip (133/6 fps) carry the same soundtrack: the audio
     features, which hang on the 25 fps clock and not on the video rate, must agree."""
     a = extract(clip("fake/news_anchor_zh/retalking.mp4"))
@@ -128,12 +136,12 @@ def read_align(path: Path) -> list[tuple[int, int, str]]:
 
 
 @pytest.fixture(scope="module")
-def grid(corpus, extract):
+def grid(corpus: Path, extract: Extract) -> list[GridClip]:
     """[(clip path, align rows, track)] for a few GRID s1 clips."""
     root = corpus / "grid_s1"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
-    out = []
+    out: list[GridClip] = []
     for name in GRID_CLIPS:
         video, align = root / "video" / f"{name}.mpg", root / "align" / f"{name}.align"
         out.append((video, read_align(align), extract(video)))
@@ -150,7 +158,7 @@ def frame_labels(align: list[tuple[int, int, str]], n: int) -> np.ndarray:
     return labels
 
 
-def test_grid_align_units(grid):
+def test_grid_align_units(grid: list[GridClip]) -> None:
     """The align files count 1/25000 s: the last 'sil' ends where the clip ends."""
     for video, align, track in grid:
         assert align[0][2] == "sil" and align[-1][2] == "sil"
@@ -171,7 +179,7 @@ def _lagged_corr(video: np.ndarray, audio: np.ndarray, lag: int) -> float:
     return float(np.corrcoef(video[:lag], audio[-lag:])[0, 1])
 
 
-def test_mouth_opening_is_in_sync_with_speech_energy(grid):
+def test_mouth_opening_is_in_sync_with_speech_energy(grid: list[GridClip]) -> None:
     """Cross-correlation of mouth opening with audio energy peaks at lag 0.
 
     A timestamp error between the video and audio paths (origin, resampling, mel
@@ -189,7 +197,7 @@ def test_mouth_opening_is_in_sync_with_speech_energy(grid):
     assert corr.max() - corr[0] > 0.1 and corr.max() - corr[-1] > 0.1  # a peak, not a slope
 
 
-def test_jaw_opens_during_words_not_silence(grid):
+def test_jaw_opens_during_words_not_silence(grid: list[GridClip]) -> None:
     jaw = BLENDSHAPE_NAMES.index("jawOpen")
     in_word, in_sil = [], []
     for _, align, track in grid:
@@ -201,7 +209,7 @@ def test_jaw_opens_during_words_not_silence(grid):
     assert word > 2 * sil, f"jawOpen mean {word:.3f} in words vs {sil:.3f} in silence"
 
 
-def test_speech_activity_agrees_with_word_alignment(grid):
+def test_speech_activity_agrees_with_word_alignment(grid: list[GridClip]) -> None:
     agree, total = 0, 0
     for _, align, track in grid:
         labels = frame_labels(align, len(track))
@@ -213,13 +221,15 @@ def test_speech_activity_agrees_with_word_alignment(grid):
     assert agree / total > 0.8, f"speech activity agrees with the alignment on {agree / total:.1%}"
 
 
-def test_late_video_start_leaves_the_first_tick_empty(clip, extract):
+def test_late_video_start_leaves_the_first_tick_empty(clip: Clip, extract: Extract) -> None:
     """Video starting 33 ms after the audio: times count from the container origin (the
     audio start), so tick 0 has no picture and no face, rather than every row sliding
     33 ms against the audio."""
     path = clip("real/news_anchor_zh/original.mp4")
     with av.open(str(path)) as c:
         v = c.streams.video[0]
+        # the clip's header gives both start times and the time base
+        assert v.start_time is not None and v.time_base is not None and c.start_time is not None
         video_start = float(v.start_time * v.time_base) - c.start_time / av.time_base
     assert 0.02 < video_start < 0.06  # the clip is as described (0.033 s)
     track = extract(path)
@@ -232,7 +242,7 @@ def test_late_video_start_leaves_the_first_tick_empty(clip, extract):
 @pytest.mark.parametrize("rel, share", [("real/news_anchor_zh/original.mp4", 0.80),
                                         ("fake/news_anchor_zh/retalking.mp4", 22.131 / 25),
                                         ("real/lrs2_00008/00008.mp4", 1.0)], ids=["vfr-22fps", "22.131fps", "25fps"])
-def test_observed_marks_the_ticks_a_frame_landed_on(rel, share, clip, extract):
+def test_observed_marks_the_ticks_a_frame_landed_on(rel: str, share: float, clip: Clip, extract: Extract) -> None:
     """Below 25 fps some ticks get no frame: they are interpolated (face_mask) but not
     observed, so no reconstruction error is counted on them."""
     path = clip(rel)

@@ -30,7 +30,9 @@ def test_events_alerts_and_streams_survive_a_restart(tmp_path: Path) -> None:
     s = LiveStore(db)
     assert [e.seq for e in s.events_since(seqs[1])] == seqs[2:]
     assert s.events_since(seqs[1])[0].data == {"distance": 2.0}
-    assert s.get_alert("a").status == "acknowledged"
+    alert = s.get_alert("a")
+    assert alert is not None  # it was stored before the reopen
+    assert alert.status == "acknowledged"
     assert [a.id for a in s.list_alerts()] == ["b", "a"]  # newest first
     assert [a.id for a in s.list_alerts(status="acknowledged")] == ["a"]
     assert [a.id for a in s.list_alerts(stream="other")] == ["b"]

@@ -7,7 +7,9 @@ import dataclasses
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import media_factory as mf
 import numpy as np
@@ -30,13 +32,16 @@ from expose.monitor.features.face_model import ENV_VAR, FACE_MODEL_NAME, resolve
 from expose.monitor.features.track import FORMAT_VERSION, FeatureTrack
 from expose.monitor.media.reader import AUDIO_RATE
 
+if TYPE_CHECKING:
+    from tests.conftest import Clip, Extract
+
 SR = AUDIO_RATE
 FLOOR = float(np.log(1e-10))  # log_mel's value where there is no energy at all
 
 
-def make_track(n: int = 40, seed: int = 0, **overrides) -> FeatureTrack:
+def make_track(n: int = 40, seed: int = 0, **overrides: Any) -> FeatureTrack:
     rng = np.random.default_rng(seed)
-    fields = dict(
+    fields: dict[str, Any] = dict(
         expression=rng.random((n, EXPRESSION_DIM), dtype=np.float32),
         face_mask=rng.random(n) > 0.2,
         mel=(rng.standard_normal((n, MELS_PER_FRAME, N_MELS)) * 5 - 8).astype(np.float32),
@@ -66,7 +71,7 @@ def assert_tracks_equal(a: FeatureTrack, b: FeatureTrack) -> None:
 
 # --- FeatureTrack ------------------------------------------------------------------------
 
-def test_save_load_round_trip(tmp_path):
+def test_save_load_round_trip(tmp_path: Path) -> None:
     t = make_track()
     path = tmp_path / "sub" / "t.npz"
     t.save(path)
@@ -74,13 +79,13 @@ def test_save_load_round_trip(tmp_path):
     assert_tracks_equal(t, FeatureTrack.load(path))
 
 
-def test_round_trip_of_a_real_track(tmp_path, clip, extract):
+def test_round_trip_of_a_real_track(tmp_path: Path, clip: Clip, extract: Extract) -> None:
     t = extract(clip("real/lrs2_00008/00008.mp4"))
     t.save(tmp_path / "real.npz")
     assert_tracks_equal(t, FeatureTrack.load(tmp_path / "real.npz"))
 
 
-def test_observed_rows_round_trip_and_default_to_the_face_mask(tmp_path):
+def test_observed_rows_round_trip_and_default_to_the_face_mask(tmp_path: Path) -> None:
     mask = np.arange(40) % 5 != 0
     seen = mask & (np.arange(40) % 3 != 0)
     t = make_track(n=40, face_mask=mask, observed=seen)
@@ -94,7 +99,7 @@ def test_observed_rows_round_trip_and_default_to_the_face_mask(tmp_path):
         make_track(n=40, face_mask=mask, observed=~mask)
 
 
-def test_derived_properties():
+def test_derived_properties() -> None:
     t = make_track(n=50, face_mask=np.arange(50) < 10,
                    speech=np.where(np.arange(50) < 25, 1.0, 0.25).astype(np.float32))
     assert len(t) == 50 and t.duration == 2.0
@@ -103,18 +108,18 @@ def test_derived_properties():
     assert t.speech_ratio == pytest.approx(0.5)
 
 
-def _rewrite_npz(path: Path, change) -> None:
+def _rewrite_npz(path: Path, change: Callable[[dict[str, np.ndarray]], object]) -> None:
     with np.load(path, allow_pickle=False) as z:
         members = {k: z[k] for k in z.files}
     change(members)
     np.savez(path, **members)
 
 
-def test_other_format_version_is_refused(tmp_path):
+def test_other_format_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.npz"
     make_track().save(path)
 
-    def bump(m):
+    def bump(m: dict[str, np.ndarray]) -> None:
         meta = json.loads(str(m["meta"]))
         meta["format_version"] = FORMAT_VERSION + 1
         m["meta"] = np.array(json.dumps(meta))
@@ -127,7 +132,7 @@ def test_other_format_version_is_refused(tmp_path):
     assert "expose features" in msg and str(path) in msg
 
 
-def test_missing_version_is_refused(tmp_path):
+def test_missing_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.npz"
     make_track().save(path)
     _rewrite_npz(path, lambda m: m.update(meta=np.array(json.dumps({"fps": 25}))))
@@ -136,7 +141,7 @@ def test_missing_version_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no_mel", "bad_shape", "pickle"])
-def test_damaged_file_raises_feature_file_error(tmp_path, damage):
+def test_damaged_file_raises_feature_file_error(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "t.npz"
     make_track().save(path)
     if damage == "garbage":
@@ -155,12 +160,12 @@ def test_damaged_file_raises_feature_file_error(tmp_path, damage):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FeatureFileError, match="no such feature file"):
         FeatureTrack.load(tmp_path / "absent.npz")
 
 
-def test_loaded_file_is_plain_npz(tmp_path):
+def test_loaded_file_is_plain_npz(tmp_path: Path) -> None:
     """The format promises plain arrays, no pickle: check the members directly."""
     path = tmp_path / "t.npz"
     make_track().save(path)
@@ -181,15 +186,15 @@ def test_loaded_file_is_plain_npz(tmp_path):
     {"speech": np.zeros(39, np.float32)},
     {"fps": 30},
 ], ids=["expr_dim", "expr_dtype", "mask_dtype", "mel_bins", "mel_len", "speech_len", "fps"])
-def test_invalid_shapes_are_rejected(bad):
+def test_invalid_shapes_are_rejected(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="FeatureTrack"):
         make_track(n=40, **bad)
 
 
-def test_track_is_frozen():
+def test_track_is_frozen() -> None:
     t = make_track()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        t.has_audio = False  # type: ignore[misc]
+        t.has_audio = False  # type: ignore[misc]  # assigning to a frozen field is what is tested
 
 
 # --- FeatureCache -------------------------------------------------------------------------
@@ -198,11 +203,12 @@ CACHE_CLIP = "real/lrs2_00008/00008.mp4"  # 3 s, the cheapest clip to extract
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("feature-cache")
 
 
-def test_cache_miss_then_hit(cache_root, clip, feature_config, face_model, extract):
+def test_cache_miss_then_hit(cache_root: Path, clip: Clip, feature_config: FeatureConfig, face_model: Path,
+                             extract: Extract) -> None:
     media = clip(CACHE_CLIP)
     cache = FeatureCache(cache_root, feature_config, face_model)
     first, cached = cache.get(media)
@@ -219,7 +225,8 @@ def test_cache_miss_then_hit(cache_root, clip, feature_config, face_model, extra
     np.testing.assert_array_equal(first.mel, extract(media).mel)
 
 
-def test_cache_key_follows_the_config(cache_root, clip, feature_config, face_model):
+def test_cache_key_follows_the_config(cache_root: Path, clip: Clip, feature_config: FeatureConfig,
+                                     face_model: Path) -> None:
     media = clip(CACHE_CLIP)
     base = FeatureCache(cache_root, feature_config, face_model)
     digest = "00" * 32
@@ -244,7 +251,7 @@ def test_cache_key_follows_the_config(cache_root, clip, feature_config, face_mod
     assert not np.array_equal(track.expression, base.get(media)[0].expression)
 
 
-def test_cache_key_follows_the_model_file(tmp_path, feature_config, face_model):
+def test_cache_key_follows_the_model_file(tmp_path: Path, feature_config: FeatureConfig, face_model: Path) -> None:
     other = tmp_path / FACE_MODEL_NAME
     data = face_model.read_bytes()
     other.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one byte differs
@@ -253,7 +260,7 @@ def test_cache_key_follows_the_model_file(tmp_path, feature_config, face_model):
     assert a != b
 
 
-def test_refresh_reextracts(cache_root, clip, feature_config, face_model):
+def test_refresh_reextracts(cache_root: Path, clip: Clip, feature_config: FeatureConfig, face_model: Path) -> None:
     media = clip(CACHE_CLIP)
     cache = FeatureCache(cache_root, feature_config, face_model)
     cache.get(media)
@@ -265,7 +272,8 @@ def test_refresh_reextracts(cache_root, clip, feature_config, face_model):
     assert cache.get(media)[1] is True
 
 
-def test_damaged_entry_is_replaced(cache_root, clip, feature_config, face_model, caplog):
+def test_damaged_entry_is_replaced(cache_root: Path, clip: Clip, feature_config: FeatureConfig, face_model: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
     media = clip(CACHE_CLIP)
     cache = FeatureCache(cache_root, feature_config, face_model)
     track, _ = cache.get(media)
@@ -277,7 +285,8 @@ def test_damaged_entry_is_replaced(cache_root, clip, feature_config, face_model,
     assert_tracks_equal(again, FeatureTrack.load(entry))
 
 
-def test_same_bytes_under_another_name(cache_root, tmp_path, clip, feature_config, face_model):
+def test_same_bytes_under_another_name(cache_root: Path, tmp_path: Path, clip: Clip, feature_config: FeatureConfig,
+                                      face_model: Path) -> None:
     media = clip(CACHE_CLIP)
     link = tmp_path / "renamed.mp4"
     link.symlink_to(media)
@@ -288,8 +297,8 @@ def test_same_bytes_under_another_name(cache_root, tmp_path, clip, feature_confi
     assert track.source == str(link)
 
 
-def test_cached_silent_track_does_not_satisfy_require_audio(tmp_path, clip, feature_config,
-                                                            face_model):
+def test_cached_silent_track_does_not_satisfy_require_audio(tmp_path: Path, clip: Clip, feature_config: FeatureConfig,
+                                                            face_model: Path) -> None:
     silent = mf.video_only_remux(clip(CACHE_CLIP), tmp_path / "silent.mp4", seconds=1.0)
     cache = FeatureCache(tmp_path / "cache", feature_config, face_model)
     assert cache.get(silent, require_audio=False)[1] is False
@@ -316,7 +325,7 @@ def _tone(freq: float, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def test_log_mel_shape_and_floor():
+def test_log_mel_shape_and_floor() -> None:
     mel = log_mel(_tone(440.0, seconds=1.0), 50)  # 1 s of audio, 2 s of video
     assert mel.shape == (50, MELS_PER_FRAME, N_MELS) and mel.dtype == np.float32
     assert np.isfinite(mel).all()
@@ -325,7 +334,7 @@ def test_log_mel_shape_and_floor():
     assert log_mel(np.zeros(0, np.float32), 0).shape == (0, MELS_PER_FRAME, N_MELS)
 
 
-def test_log_mel_1khz_peaks_in_the_1khz_band():
+def test_log_mel_1khz_peaks_in_the_1khz_band() -> None:
     mel = log_mel(_tone(1000.0), 25)
     peak = mel[2:-2].mean(axis=(0, 1)).argmax()
     expected = _mel_bin_position(1000.0)  # 27.47: between bands 27 and 28
@@ -333,7 +342,7 @@ def test_log_mel_1khz_peaks_in_the_1khz_band():
 
 
 @pytest.mark.parametrize("band", [10, 40, 70])
-def test_log_mel_tone_at_a_band_centre_peaks_in_that_band(band):
+def test_log_mel_tone_at_a_band_centre_peaks_in_that_band(band: int) -> None:
     lo, hi = _htk_mel(20.0), _htk_mel(7600.0)
     mel_centre = lo + (band + 1) * (hi - lo) / (N_MELS + 1)
     freq = 700.0 * (10 ** (mel_centre / 2595.0) - 1.0)
@@ -345,7 +354,7 @@ def test_log_mel_tone_at_a_band_centre_peaks_in_that_band(band):
 
 
 @pytest.mark.parametrize("t", [0.2537, 0.512, 1.003, 1.232, 1.973])
-def test_click_lands_in_its_video_frame(t):
+def test_click_lands_in_its_video_frame(t: float) -> None:
     """Frame k owns mel frames centred at k/25 + (-15, -5, 5, 15) ms: a click at time t
     is loudest in frame round(t * 25), in the sub-frame whose centre is nearest t."""
     n = 60
@@ -362,12 +371,12 @@ def test_click_lands_in_its_video_frame(t):
     assert np.allclose(mel[quiet], FLOOR, atol=1e-3)
 
 
-def test_mel_framing_constants():
+def test_mel_framing_constants() -> None:
     assert (WIN, HOP, SR) == (400, 160, 16_000)
     assert MELS_PER_FRAME * HOP == SR // 25  # 4 hops per 40 ms video frame
 
 
-def test_speech_activity_is_zero_for_silence_and_low_noise():
+def test_speech_activity_is_zero_for_silence_and_low_noise() -> None:
     n = 50
     assert not speech_activity(np.zeros(2 * SR, np.float32), n).any()
     rng = np.random.default_rng(0)
@@ -383,7 +392,7 @@ def test_speech_activity_is_zero_for_silence_and_low_noise():
     assert speech_activity(np.zeros(0, np.float32), 0).shape == (0,)
 
 
-def test_speech_activity_is_per_frame_fraction():
+def test_speech_activity_is_per_frame_fraction() -> None:
     """Values are fractions of 4 sub-frames, and audio shorter than the timeline is silent
     at the end."""
     rng = np.random.default_rng(1)
@@ -394,7 +403,7 @@ def test_speech_activity_is_per_frame_fraction():
 
 # --- face model resolution ----------------------------------------------------------------
 
-def test_configured_path_wins(tmp_path, monkeypatch):
+def test_configured_path_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     configured = tmp_path / "configured.task"
     configured.write_bytes(b"configured copy")  # resolution checks presence, not content
     env_model = tmp_path / "env.task"
@@ -405,7 +414,7 @@ def test_configured_path_wins(tmp_path, monkeypatch):
     assert resolve_face_model(configured, tmp_path, allow_download=False) == configured
 
 
-def test_env_beats_cache(tmp_path, monkeypatch):
+def test_env_beats_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_model = tmp_path / "env.task"
     env_model.write_bytes(b"env copy")
     (tmp_path / "models").mkdir()
@@ -414,7 +423,7 @@ def test_env_beats_cache(tmp_path, monkeypatch):
     assert resolve_face_model(None, tmp_path, allow_download=False) == env_model
 
 
-def test_cache_dir_is_last(tmp_path, monkeypatch):
+def test_cache_dir_is_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     cached = tmp_path / "models" / FACE_MODEL_NAME
     cached.parent.mkdir()
@@ -422,7 +431,7 @@ def test_cache_dir_is_last(tmp_path, monkeypatch):
     assert resolve_face_model(None, tmp_path, allow_download=False) == cached
 
 
-def test_missing_configured_path_is_named(tmp_path, monkeypatch):
+def test_missing_configured_path_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_model = tmp_path / "env.task"
     env_model.write_bytes(b"env copy")
     monkeypatch.setenv(ENV_VAR, str(env_model))  # a valid fallback must not hide the error
@@ -432,14 +441,14 @@ def test_missing_configured_path_is_named(tmp_path, monkeypatch):
     assert str(missing) in str(info.value) and "features.face_model" in str(info.value)
 
 
-def test_missing_env_path_is_named(tmp_path, monkeypatch):
+def test_missing_env_path_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.task"))
     with pytest.raises(AssetError) as info:
         resolve_face_model(None, tmp_path, allow_download=False)
     assert "nope.task" in str(info.value) and ENV_VAR in str(info.value)
 
 
-def test_nothing_available_says_how_to_fix(tmp_path, monkeypatch):
+def test_nothing_available_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     with pytest.raises(AssetError) as info:
         resolve_face_model(None, tmp_path, allow_download=False)
@@ -450,7 +459,7 @@ def test_nothing_available_says_how_to_fix(tmp_path, monkeypatch):
 
 # --- config -------------------------------------------------------------------------------
 
-def test_config_defaults_and_env(tmp_path, monkeypatch):
+def test_config_defaults_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPOSE_CACHE", str(tmp_path / "c"))
     cfg = load_config()
     assert isinstance(cfg, Config) and cfg.cache_dir == tmp_path / "c"
@@ -466,7 +475,7 @@ def test_config_defaults_and_env(tmp_path, monkeypatch):
     ("[features]\nmax_sides = 320\n", "features.max_sides"),  # typo: extra keys forbidden
     ("[features\n", "not valid TOML"),
 ])
-def test_config_errors(tmp_path, text, phrase):
+def test_config_errors(tmp_path: Path, text: str, phrase: str) -> None:
     toml = tmp_path / "expose.toml"
     toml.write_text(text)
     with pytest.raises(ConfigError, match=phrase.replace(".", r"\.")):

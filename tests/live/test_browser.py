@@ -17,10 +17,13 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from live_support import SPEECH_CLIP, TOKEN, collect_events, live_config, running_server
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip
 
 
 def _chromium() -> str | None:
@@ -75,7 +78,7 @@ def _count(text: str, label: str) -> int:
 
 
 def test_dashboard_tile_chart_alert_and_acknowledge(
-        browser: Browser, tiny_model: Path, profiles_dir: Path, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        browser: Browser, tiny_model: Path, profiles_dir: Path, clip: Clip, tmp_path: Path) -> None:
     # The test model is untrained, so its distances say nothing about the person; the
     # "always" profile's threshold (-1e9) puts every scored window over it, which forces
     # the alert path (as in test_live_server.py).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -17,6 +17,9 @@ from live_support import (
     live_config,
     running_server,
 )
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,7 +40,7 @@ def _windows(http: httpx.Client) -> int:
 
 
 def test_bad_requests_get_clear_errors_and_do_not_disturb_streams(
-        tiny_model: Path, profiles_dir: Path, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        tiny_model: Path, profiles_dir: Path, clip: Clip, tmp_path: Path) -> None:
     cfg = live_config(tmp_path, server={"max_sdp_bytes": 4096}, streams=[
         {"name": "cam", "url": str(clip(SPEECH_CLIP)), "profile": "trump", "loop": True}])
     with running_server(cfg, tiny_model, profiles_dir) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
@@ -87,7 +90,7 @@ def test_bad_requests_get_clear_errors_and_do_not_disturb_streams(
         assert http.post("/api/streams", json={"name": "y", "bogus": 1}, headers=auth).status_code == 422
         assert http.delete("/whip/cam/nosuchsession", headers=auth).status_code == 404
 
-        async def ws_with(token: str) -> tuple[int | None, str]:
+        async def ws_with(token: str) -> tuple[int | None, str | None]:
             async with websockets.connect(f"{srv.ws_url}?token={token}", open_timeout=10) as ws:
                 with pytest.raises(websockets.ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), 10)

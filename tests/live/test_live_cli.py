@@ -9,16 +9,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from live_support import SPEECH_CLIP, stop_process
 
+if TYPE_CHECKING:
+    from tests.conftest import Clip, RunCli
+
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_watch_prints_a_line_per_window_and_the_alert(run_cli, clip, tiny_model: Path,  # type: ignore[no-untyped-def]
+def test_watch_prints_a_line_per_window_and_the_alert(run_cli: RunCli, clip: Clip, tiny_model: Path,
                                                      profiles_dir: Path) -> None:
     r = run_cli("watch", clip(SPEECH_CLIP), "--as", "always", "--profiles", profiles_dir, "--model", tiny_model,
                 "--no-realtime", "--json", timeout=240)
@@ -30,7 +34,7 @@ def test_watch_prints_a_line_per_window_and_the_alert(run_cli, clip, tiny_model:
     assert any(e["type"] == "alert" and e["action"] == "opened" for e in events)
 
 
-def test_watch_missing_file_is_one_line_error(run_cli, tmp_path: Path, tiny_model: Path,  # type: ignore[no-untyped-def]
+def test_watch_missing_file_is_one_line_error(run_cli: RunCli, tmp_path: Path, tiny_model: Path,
                                               profiles_dir: Path) -> None:
     r = run_cli("watch", tmp_path / "nope.mp4", "--as", "trump", "--profiles", profiles_dir, "--model", tiny_model)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from live_support import (
@@ -16,6 +16,9 @@ from live_support import (
     publish_whip,
     running_server,
 )
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,7 +32,7 @@ def _alert_updated(msgs: list[dict[str, Any]]) -> bool:
 
 
 def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
-        tiny_model: Path, profiles_dir: Path, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        tiny_model: Path, profiles_dir: Path, clip: Clip, tmp_path: Path) -> None:
     cfg = live_config(tmp_path, streams=[
         {"name": "cam1", "url": str(clip(SPEECH_CLIP)), "profile": "always", "realtime": False}])
     with running_server(cfg, tiny_model, profiles_dir) as srv:
@@ -77,7 +80,7 @@ def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
     assert replayed == sorted(replayed)
 
 
-def test_whip_publisher_gets_scored_and_alerted(tiny_model: Path, profiles_dir: Path, clip,  # type: ignore[no-untyped-def]
+def test_whip_publisher_gets_scored_and_alerted(tiny_model: Path, profiles_dir: Path, clip: Clip,
                                                 tmp_path: Path) -> None:
     cfg = live_config(tmp_path)
     with running_server(cfg, tiny_model, profiles_dir) as srv:

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -25,6 +25,9 @@ from live_support import (
 from expose.monitor.errors import MediaError
 from expose.monitor.media.reader import AudioChunk, VideoFrame
 from expose.monitor.media.sources import DropQueue, EndOfStream, PullSource
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip
 
 pytestmark = pytest.mark.timeout(300)
 HERE = Path(__file__).parent
@@ -56,7 +59,7 @@ def test_drop_queue_drops_the_oldest_video_frame_and_keeps_audio() -> None:
                                                          ("VideoFrame", 0.08)]
 
 
-def test_file_source_read_as_fast_as_possible_loses_nothing(clip) -> None:  # type: ignore[no-untyped-def]
+def test_file_source_read_as_fast_as_possible_loses_nothing(clip: Clip) -> None:
     async def go() -> tuple[list[float], int, int]:
         src = PullSource(str(clip(SPEECH_CLIP)), realtime=False, queue_items=8)
         times, samples = [], 0
@@ -87,7 +90,7 @@ def test_missing_file_is_a_media_error_from_recv(tmp_path: Path) -> None:
 # ---- a server that dies mid-stream -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ts_clip(clip, tmp_path_factory: pytest.TempPathFactory) -> bytes:  # type: ignore[no-untyped-def]
+def ts_clip(clip: Clip, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The speech clip remuxed (no re-encoding) to MPEG-TS, which streams over plain HTTP."""
     out = tmp_path_factory.mktemp("ts") / "clip.ts"
     with av.open(str(clip(SPEECH_CLIP))) as src, av.open(str(out), "w", format="mpegts") as dst:
@@ -169,7 +172,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def rtsp_url(clip) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def rtsp_url(clip: Clip) -> Iterator[str]:
     with rtsp_server(clip(SPEECH_CLIP)) as url:
         yield url
 

@@ -28,6 +28,7 @@ async def _publish_and_read(clip: Path, seconds: float) -> tuple[list[float], li
 
     limit_host_candidates(["127.0.0.1"])
     player = MediaPlayer(str(clip))
+    assert player.video is not None and player.audio is not None  # the clip has pictures and sound
     pub = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in (player.video, player.audio):
         pub.addTransceiver(track, direction="sendonly")
@@ -66,6 +67,10 @@ def test_whip_audio_and_video_stay_aligned(tmp_path: Path) -> None:
     assert len(flashes) >= len(EVENTS) - 1 and len(clicks) >= len(EVENTS) - 1, (flashes, clicks)
     # the first sender reports come 0.5-1.5 s in; from then on the tracks share one clock
     later = [f for f in flashes if f > flashes[0] + 2.5]
-    skew = [min(clicks, key=lambda c, f=f: abs(c - f)) - f for f in later]  # type: ignore[misc]
+
+    def nearest_click(f: float) -> float:
+        return min(clicks, key=lambda c: abs(c - f))
+
+    skew = [nearest_click(f) - f for f in later]
     assert len(skew) >= 5
     assert max(abs(s) for s in skew) <= 0.045, np.round(skew, 3)  # within one 25 fps frame
