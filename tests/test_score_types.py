@@ -3,6 +3,7 @@ defaults for a model without them) and typed score requests."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from expose.monitor.config import STARTER_MODEL
 from expose.monitor.features.windows import AUDIO_DIM, Window
 from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
 from expose.monitor.model.score import FusionWeights
-from expose.monitor.model.scorer import Scorer, ScoreRequest, requests_for
+from expose.monitor.model.scorer import Scorer, ScoreRequest, nearest_cohort, requests_for
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
 
@@ -70,3 +71,34 @@ def test_score_requests_are_typed_and_mixed_profiles_score_in_one_call() -> None
     alone = Scorer(m).score(requests_for(ws[1:2], tok_b, "b"))[0]
     assert mixed[1].distance == pytest.approx(alone.distance, abs=1e-5)  # batch-independent
     assert mixed[0].identity != pytest.approx(Scorer(m).score(requests_for(ws[:1], tok_b, "b"))[0].identity)
+
+
+def test_cohort_tnorm_is_deterministic_and_relative_to_the_cohort() -> None:
+    """The cohort branches join the one batched pass: the plain terms do not move, the
+    T-normed identity is reproducible, and a subject that is itself a cohort member sits at
+    its own place among them."""
+    torch.manual_seed(0)
+    m = Exam(dataclasses.replace(TINY, n_identities=6)).eval()
+    with torch.no_grad():  # identities an untrained model tells apart (init tokens are near-equal)
+        m.id_tokens.normal_(0.0, 1.0)
+    ws = [_window(i, TINY.window) for i in range(2)]
+    tok = m.id_tokens[0].detach()
+    cohort = nearest_cohort(m, tok, 4, exclude=(0,))
+    assert cohort.shape == (4, *tok.shape)
+    with pytest.raises(ValueError, match="cohort size"):
+        nearest_cohort(m, tok, 6, exclude=(0,))
+    plain = Scorer(m).score(requests_for(ws, tok, "p"))
+    normed = Scorer(m).score(requests_for(ws, tok, "p", cohort))
+    again = Scorer(m).score(requests_for(ws, tok, "p", cohort))
+    for a, b, c in zip(plain, normed, again, strict=True):
+        assert a.identity_tnorm is None and b.identity_tnorm is not None
+        assert b.identity == pytest.approx(a.identity, abs=1e-5) and b.sync == pytest.approx(a.sync, abs=1e-5)
+        assert b.identity_tnorm == c.identity_tnorm
+    # T-norm by hand: score the window as each cohort member, normalise the subject's identity
+    ids = np.array([s.identity for s in Scorer(m).score([ScoreRequest(ws[0], c, "c") for c in cohort])])
+    expected = (plain[0].identity - ids.mean()) / ids.std(ddof=1)
+    assert normed[0].identity_tnorm == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    # mixed cohort sizes in one call are scored in one pass per size, in request order
+    mixed = Scorer(m).score([ScoreRequest(ws[0], tok, "p", cohort), ScoreRequest(ws[1], tok, "p")])
+    assert mixed[0].identity_tnorm == pytest.approx(normed[0].identity_tnorm, rel=1e-3)
+    assert mixed[1].identity_tnorm is None

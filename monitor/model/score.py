@@ -41,6 +41,9 @@ class Score:
     sync: float | None = None
     fit: float | None = None
     identity_mouth: float | None = None  # the identity term on mouth/jaw channels only (diagnostic)
+    # the identity term T-normalised against a cohort of other identities' tokens (None: no
+    # cohort asked for): (identity - mean over the cohort) / their spread
+    identity_tnorm: float | None = None
     err_subject: float | None = None
     err_null: float | None = None
     reason: str = ""
