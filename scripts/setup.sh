@@ -9,4 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${EXPOSE_TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# The GE2E voice encoder's weights ship in the resemblyzer wheel; its own requirements would
+# replace webrtcvad-wheels with a module that needs pkg_resources (monitor/features/voice_id.py).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "resemblyzer==0.1.4"
 echo "expose installed in $(pwd)/.venv  (activate: source .venv/bin/activate)"

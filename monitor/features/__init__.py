@@ -3,8 +3,10 @@ MediaPipe expressions and the face-model asset (``expressions``, ``face_model``)
 speech activity and the audio rows of a span of ticks (``audio``), phone posteriors
 (``phones``), the FeatureTrack value type, the Windows cut from it and its file format
 (``track``), Windows (``windows``), offline extraction of files (``extract``), live
-per-stream featurising (``stream``) and the feature cache (``cache``). Offline and live
-use the same rule implementations, so a live window equals the offline one.
+per-stream featurising (``stream``), the feature cache (``cache``), and pretrained
+identity embeddings behind one interface (``embedding``): the dlib face descriptor
+(``face_id``) and the GE2E speaker encoder (``voice_id``). Offline and live use the same
+rule implementations, so a live window equals the offline one.
 
 May import: media
 """

@@ -8,6 +8,9 @@ Primary face when several are present: the face nearest to the previous frame's
 primary face (so a second person entering the picture does not steal the track),
 otherwise the one with the largest landmark bounding box weighted by how central it is
 (``area * (1 - 0.5 * distance_from_centre)``, distances in half-diagonals).
+
+``ExpressionExtractor.observe`` also returns that face's landmarks in pixels (a
+FaceObservation), for the frames whose face is cropped for verification.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import contextlib  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mediapipe as mp  # noqa: E402
@@ -74,6 +78,20 @@ def pose_from_matrix(m: np.ndarray) -> np.ndarray:
     return np.array([yaw, pitch, roll, m[0, 3], m[1, 3], m[2, 3]], dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class FaceObservation:
+    """The primary face in one frame: its expression vector and where its landmarks are."""
+
+    expression: np.ndarray = field(repr=False)  # (58,) float32, as ExpressionExtractor.process
+    landmarks: np.ndarray = field(repr=False)  # (478, 2) float32 x, y in pixels of the frame
+
+    def __post_init__(self) -> None:
+        if self.expression.shape != (EXPRESSION_DIM,):
+            raise ValueError(f"FaceObservation.expression must be ({EXPRESSION_DIM},), got {self.expression.shape}")
+        if self.landmarks.ndim != 2 or self.landmarks.shape[1] != 2:
+            raise ValueError(f"FaceObservation.landmarks must be (N, 2), got {self.landmarks.shape}")
+
+
 class ExpressionExtractor:
     """One landmarker per media stream (VIDEO mode keeps tracking state between calls)."""
 
@@ -109,6 +127,27 @@ class ExpressionExtractor:
 
     def process(self, image: np.ndarray, time_s: float) -> np.ndarray | None:
         """(H, W, 3) uint8 RGB at ``time_s`` -> (58,) expression vector, or None if no face."""
+        found = self._detect(image, time_s)
+        return None if found is None else self._expression(*found)
+
+    def observe(self, image: np.ndarray, time_s: float) -> FaceObservation | None:
+        """Like ``process`` (same call, same tracking state, same expression vector), plus the
+        primary face's landmarks in pixels, for the frames where a face crop is wanted.
+
+        Call either ``process`` or ``observe`` for a frame, not both: each advances the
+        landmarker's VIDEO-mode clock.
+        """
+        found = self._detect(image, time_s)
+        if found is None:
+            return None
+        result, i = found
+        h, w = image.shape[:2]
+        # normalised [0, 1] image coordinates -> pixels of this image
+        xy = np.array([(p.x * w, p.y * h) for p in result.face_landmarks[i]], dtype=np.float32)
+        return FaceObservation(self._expression(result, i), xy)
+
+    def _detect(self, image: np.ndarray, time_s: float) -> tuple[vision.FaceLandmarkerResult, int] | None:
+        """Run the landmarker; (result, index of the primary face), or None if no face."""
         ms = max(int(round(time_s * 1000)), self._last_ms + 1)  # must strictly increase
         self._last_ms = ms
         mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
@@ -116,7 +155,10 @@ class ExpressionExtractor:
         if not result.face_landmarks or not result.face_blendshapes:
             self._last_centre = None
             return None
-        i = self._pick_primary(result.face_landmarks)
+        return result, self._pick_primary(result.face_landmarks)
+
+    @staticmethod
+    def _expression(result: vision.FaceLandmarkerResult, i: int) -> np.ndarray:
         scores = np.array([c.score for c in result.face_blendshapes[i]], dtype=np.float32)
         if result.facial_transformation_matrixes:
             pose = pose_from_matrix(np.asarray(result.facial_transformation_matrixes[i]))

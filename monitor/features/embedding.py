@@ -1,0 +1,131 @@
+"""Identity embeddings: the interface, a registry by name, and distances between sets.
+
+An embedder is a pretrained network that maps one input (an aligned face, a span of
+speech) to a fixed-size vector in which a small L2 distance means "the same person". The
+verification terms only use it through ``Embedder``, so the configuration picks one by
+name (``create_embedder("face", "dlib-resnet")``) and another network plugs in with
+``register_embedder`` without touching the callers.
+
+Built-in embedders are registered as ``"module:attribute"`` strings and imported on first
+use: a process that never verifies faces never loads dlib.
+
+Distances are between a set of probe descriptors (the frames of a window) and a profile's
+reference set (``reference_distances``); ``farthest_point_order`` picks a spread-out
+subset of references (over head pose for faces).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from expose.monitor.errors import ConfigError
+
+InputT_contra = TypeVar("InputT_contra", contravariant=True)
+
+
+@runtime_checkable
+class Embedder(Protocol[InputT_contra]):
+    """Maps inputs to identity descriptors; equal inputs give bit-identical vectors."""
+
+    @property
+    def name(self) -> str:
+        """The registry name, stored with reference descriptors so a profile is never
+        compared with vectors from another network."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, items: Sequence[InputT_contra]) -> np.ndarray:
+        """(N,) inputs -> (N, dim) float32 descriptors, one per input, in order."""
+        ...
+
+
+EmbedderFactory = Callable[..., Embedder[Any]]
+
+# modality ("face", "voice") -> name -> a factory, or "module:attribute" naming one
+_REGISTRY: dict[str, dict[str, EmbedderFactory | str]] = {
+    "face": {"dlib-resnet": "expose.monitor.features.face_id:DlibFaceEmbedder"},
+    "voice": {"ge2e": "expose.monitor.features.voice_id:VoiceEncoder"},
+}
+
+
+def register_embedder(modality: str, name: str, factory: EmbedderFactory | str) -> None:
+    """Make ``create_embedder(modality, name, ...)`` call ``factory(...)``; a string
+    ``"package.module:attribute"`` is imported on first use."""
+    _REGISTRY.setdefault(modality, {})[name] = factory
+
+
+def available_embedders(modality: str) -> list[str]:
+    return sorted(_REGISTRY.get(modality, {}))
+
+
+def create_embedder(modality: str, name: str, **options: Any) -> Embedder[Any]:
+    """The embedder registered as ``name`` for ``modality``, built with ``options``.
+
+    Raises ConfigError naming the known embedders when ``name`` is not registered; the
+    factory raises AssetError when its model files are missing.
+    """
+    entry = _REGISTRY.get(modality, {}).get(name)
+    if entry is None:
+        known = ", ".join(available_embedders(modality)) or "none"
+        raise ConfigError(f"unknown {modality} embedder {name!r} (known: {known})")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _REGISTRY[modality][name] = entry
+    return entry(**options)
+
+
+def pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, D), (M, D) -> (N, M) Euclidean distances, computed in float64 so that the
+    result does not depend on how the rows were batched."""
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    return np.sqrt(np.maximum(((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1), 0.0))
+
+
+SetDistance = Literal["knn", "centroid"]
+
+
+def reference_distances(probes: np.ndarray, references: np.ndarray, method: SetDistance = "knn",
+                        k: int = 3) -> np.ndarray:
+    """(N, D) probe descriptors, (M, D) references -> (N,) distance of each probe to the set.
+
+    ``knn``: mean of the ``k`` smallest distances to the references (``min(k, M)``): a
+    probe near one enrolled pose counts as near, yet one stray reference cannot vouch
+    for a stranger on its own. ``centroid``: distance to the mean reference.
+    """
+    if probes.ndim != 2 or references.ndim != 2 or probes.shape[1] != references.shape[1]:
+        raise ValueError(f"need (N, D) probes and (M, D) references, got {probes.shape} and {references.shape}")
+    if len(references) == 0:
+        raise ValueError("the reference set is empty")
+    if method == "centroid":
+        return pairwise_l2(probes, references.mean(axis=0, keepdims=True))[:, 0]
+    if method == "knn":
+        d = np.sort(pairwise_l2(probes, references), axis=1)  # (N, M)
+        return d[:, : max(1, min(k, d.shape[1]))].mean(axis=1)
+    raise ValueError(f"unknown set distance {method!r}")
+
+
+def farthest_point_order(points: np.ndarray, k: int, first: int = 0) -> np.ndarray:
+    """Indices of ``k`` rows of ``points`` (N, D) chosen greedily, each the farthest from
+    those already chosen, starting at ``first``: a deterministic spread-out subset (ties
+    go to the lower index)."""
+    n = len(points)
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    pts = np.asarray(points, dtype=np.float64)
+    chosen = [int(first)]
+    nearest = np.linalg.norm(pts - pts[first], axis=1)  # (N,) distance to the chosen set
+    while len(chosen) < min(k, n):
+        i = int(np.argmax(nearest))
+        if nearest[i] <= 0.0:
+            break  # only duplicates of chosen points are left
+        chosen.append(i)
+        nearest = np.minimum(nearest, np.linalg.norm(pts - pts[i], axis=1))
+    return np.array(chosen, dtype=np.int64)
