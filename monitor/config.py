@@ -41,6 +41,37 @@ class FeatureConfig(_Strict):
     min_face_confidence: float = Field(
         0.5, gt=0.0, lt=1.0, description="Face detection / presence confidence threshold."
     )
+    face_id_every: int = Field(
+        5, ge=0, le=250,
+        description="Embed the primary face for face verification on every N-th tick of the 25 fps "
+        "timeline (5: five faces a second, ~80 ms each on one CPU core); 0 disables face descriptors.",
+    )
+    face_embedder: str = Field(
+        "dlib-resnet", description="Face verification embedder, by its registry name (features.embedding)."
+    )
+    face_id_models: Path | None = Field(
+        None,
+        description="Folder holding the face embedder's model files. Unset: the installed "
+        "face-recognition-models package.",
+    )
+    voice_every: int = Field(
+        25, ge=0, le=250,
+        description="Embed the preceding speech for voice verification on every N-th tick (25: once a "
+        "second); 0 disables voice embeddings.",
+    )
+    voice_context_s: float = Field(
+        6.0, ge=2.0, le=15.0,
+        description="Seconds of audio before each voice tick whose speech (VAD-marked ticks) is embedded; "
+        "too little speech in it gives an 'insufficient' (NaN) embedding.",
+    )
+    voice_embedder: str = Field(
+        "ge2e", description="Voice verification embedder, by its registry name (features.embedding)."
+    )
+    voice_model: Path | None = Field(
+        None,
+        description="Voice embedder weights file. Unset: env EXPOSE_VOICE_MODEL, then the installed "
+        "resemblyzer package's pretrained.pt.",
+    )
 
 
 STARTER_MODEL = Path(__file__).parent / "assets" / "exam-small.safetensors"

@@ -5,8 +5,9 @@ speech activity and the audio rows of a span of ticks (``audio``), phone posteri
 (``track``), Windows (``windows``), offline extraction of files (``extract``), live
 per-stream featurising (``stream``), the feature cache (``cache``), and pretrained
 identity embeddings behind one interface (``embedding``): the dlib face descriptor
-(``face_id``) and the GE2E speaker encoder (``voice_id``). Offline and live use the same
-rule implementations, so a live window equals the offline one.
+(``face_id``) and the GE2E speaker encoder (``voice_id``), and which ticks of the timeline
+carry them in tracks and windows (``identity``). Offline and live use the same rule
+implementations, so a live window equals the offline one.
 
 May import: media
 """

@@ -4,6 +4,8 @@ Resampling by timestamps, not frame counts, by the rules of ``timeline`` (which 
 featurising shares): a decoded frame lands on the tick nearest its time, only the first
 frame landing on a tick is landmarked, and short runs of ticks that no frame lands on are
 interpolated. The track ends one median frame interval after the last decoded frame.
+Identity embeddings (face descriptors on sampled ticks, voice embeddings of the speech
+before sampled ticks) follow ``identity``'s rules, which live featurising shares too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from expose.monitor.errors import MediaError
 from expose.monitor.features.audio import tick_audio
 from expose.monitor.features.expressions import EXPRESSION_DIM, ExpressionExtractor
 from expose.monitor.features.face_model import sha256_file
+from expose.monitor.features.identity import IdentityEmbedders, identity_version
 from expose.monitor.features.timeline import FPS, SampleBuffer, TickRows, sample_of
 from expose.monitor.features.track import FORMAT_VERSION, FeatureTrack
 from expose.monitor.media.reader import AudioChunk, MediaReader, VideoFrame
@@ -27,7 +30,8 @@ from expose.monitor.media.reader import AudioChunk, MediaReader, VideoFrame
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes extracted values changes; it keys the feature cache.
-EXTRACTOR_REVISION = 3  # 3: tracks record which ticks were observed (not interpolated)
+# 3: tracks record which ticks were observed (not interpolated); 4: identity embeddings
+EXTRACTOR_REVISION = 4
 
 Progress = Callable[[float], None]  # called with seconds of media processed so far
 
@@ -42,6 +46,7 @@ def extractor_version(cfg: FeatureConfig, model_path: Path) -> str:
     return (
         f"r{EXTRACTOR_REVISION}-f{FORMAT_VERSION}-side{cfg.max_side}-faces{cfg.num_faces}"
         f"-conf{cfg.min_face_confidence}-model{_model_digest(str(model_path))}"
+        + identity_version(cfg, lambda p: _model_digest(str(p)))
     )
 
 
@@ -58,8 +63,12 @@ def extract_track(
 
     Raises MediaError for unreadable media, media without video, and (when
     ``require_audio``) media without audio. A video with no face is not an error:
-    its track's face mask is all False.
+    its track's face mask is all False. Raises AssetError when an enabled identity
+    embedder's model files are missing.
     """
+    identity = IdentityEmbedders.from_config(cfg)
+    face_ids: list[np.ndarray] = []
+    face_ticks: list[int] = []
     rows = TickRows(EXPRESSION_DIM)
     audio = SampleBuffer()
     audio_end = 0
@@ -76,7 +85,11 @@ def extract_track(
                 prev_t = last_video_t = t
                 tick = rows.tick_for(t)
                 if tick is not None:
-                    rows.put(tick, extractor.process(item.image, t))
+                    row, face_id = identity.landmark(extractor, item.image, t, tick)
+                    rows.put(tick, row)
+                    if face_id is not None:
+                        face_ids.append(face_id)
+                        face_ticks.append(tick)
                 if progress is not None:
                     progress(t)
             elif isinstance(item, AudioChunk):
@@ -98,6 +111,9 @@ def extract_track(
     if has_audio and require_audio and samples.size == 0:
         raise MediaError(f"{source}: the audio stream holds no decodable samples")
     sound = tick_audio(samples, n)
+    # a tick past the track's end (a frame after the last one counted) keeps no descriptor
+    kept = [i for i, k in enumerate(face_ticks) if k < n]
+    voice_ids, voice_ticks = identity.voice_track(audio, n)
     return FeatureTrack(
         expression=video.expression,
         face_mask=video.face_mask,
@@ -109,5 +125,10 @@ def extract_track(
         source=str(source),
         media_sha256=media_sha256,
         extractor_version=extractor_version(cfg, model_path),
+        face_ids=(np.stack([face_ids[i] for i in kept]) if kept
+                  else np.zeros((0, identity.face_dim), dtype=np.float32)),
+        face_id_ticks=np.array([face_ticks[i] for i in kept], dtype=np.int64),
+        voice_ids=voice_ids,
+        voice_id_ticks=voice_ticks,
     )
 

@@ -8,6 +8,18 @@ window's span plus some context: the mel frames are then bit-for-bit the offline
 the VAD and the phone decoder see less context than a whole file gives them, so those
 rows are close rather than identical.
 
+Identity embeddings follow ``identity``'s rules: a face descriptor for a sampled tick whose
+frame shows a face, computed as the frame is landmarked; a window's voice embedding from the
+sample buffer once the window is emitted (the buffer then holds the voice context too). Both
+take the same inputs as offline (the same frame; the same samples, run through a VAD of
+their own span), so they equal the offline ones exactly (as with the mel rows, a window
+emitted before its audio arrived, past ``audio_max_lag_s``, hears silence there). Cost: they run on the stream's
+worker thread, in line with the landmarker (no second thread to coordinate, nothing to
+reorder): ~80 ms per face descriptor (5 a second by default: ~0.4 s of CPU per second of
+video) and ~15 ms per second of speech in the voice context per window (~0.1 s per
+window at 6 s of context). Until the live benchmark says otherwise, a stream that needs
+them off passes no ``identity`` (the default).
+
 Buffers are bounded: past ``max_buffer_s`` the oldest rows / samples are dropped and
 counted (a stalled audio or video side must not grow memory), and windows whose start
 fell out of the buffer are skipped and counted.
@@ -22,6 +34,7 @@ import numpy as np
 
 from expose.monitor.features.audio import tick_audio
 from expose.monitor.features.expressions import EXPRESSION_DIM, ExpressionExtractor
+from expose.monitor.features.identity import IdentityEmbedders, WindowIdentity, window_identity
 from expose.monitor.features.timeline import FPS, INTERPOLATION_REACH, SAMPLES_PER_FRAME, SampleBuffer, TickRows
 from expose.monitor.features.windows import Window
 from expose.monitor.media.reader import AUDIO_RATE, AudioChunk, VideoFrame
@@ -67,7 +80,10 @@ class StreamFeaturizer:
     """
 
     def __init__(self, stream: str, extractor: ExpressionExtractor,
-                 settings: LiveFeatureSettings = LiveFeatureSettings(), time_offset: float = 0.0) -> None:
+                 settings: LiveFeatureSettings = LiveFeatureSettings(), time_offset: float = 0.0,
+                 identity: IdentityEmbedders | None = None) -> None:
+        """``identity``: the embedders for face descriptors / voice embeddings in the windows
+        (``IdentityEmbedders.from_config``); None: windows carry none."""
         self.stream = stream
         # Added to window times: a reconnected source restarts its media clock at 0, the
         # stream's clock goes on.
@@ -84,6 +100,14 @@ class StreamFeaturizer:
         self._last_video_t: float | None = None
         self.last_face_image: np.ndarray | None = None  # newest frame with a face (thumbnails)
         self._max_ticks = int(settings.max_buffer_s * FPS)
+        self._identity = identity or IdentityEmbedders.disabled()
+        ids = self._identity.settings
+        if ids.voice_every and settings.max_buffer_s * FPS < (
+                settings.window + ids.voice_context + ids.voice_every + settings.audio_max_lag_s * FPS):
+            raise ValueError("max_buffer_s is too short to hold a window's voice context")
+        self._face_ticks: list[int] = []  # ticks of the face descriptors held, ascending
+        self._face_ids: list[np.ndarray] = []
+        self._voice: tuple[int, np.ndarray] | None = None  # the last voice embedding: (tick, vector)
 
     # ---- input ---------------------------------------------------------------------
     def push(self, item: VideoFrame | AudioChunk) -> list[Window]:
@@ -103,14 +127,18 @@ class StreamFeaturizer:
         tick = self._rows.tick_for(frame.time)
         if tick is None:
             return  # a later frame on a tick already landmarked (50 fps sources)
-        row = self._extractor.process(frame.image, frame.time)
+        row, face_id = self._identity.landmark(self._extractor, frame.image, frame.time, tick)
         self._landmarked += 1
         if row is not None:
             self.last_face_image = frame.image
         self._rows.put(tick, row)
+        if face_id is not None:
+            self._face_ticks.append(tick)
+            self._face_ids.append(face_id)
         if len(self._rows) > self._max_ticks:
             self._dropped_ticks += self._rows.drop_before(self._rows.end - self._max_ticks)
             self._skip_to(self._rows.base + _EDGE)
+            self._drop_face_ids(self._rows.base)
 
     def _push_audio(self, chunk: AudioChunk) -> None:
         self._audio_samples += len(chunk.samples)
@@ -153,16 +181,16 @@ class StreamFeaturizer:
             lag = self._rows.end / FPS - self._audio.end / AUDIO_RATE
             if lag < self.settings.audio_max_lag_s:
                 return None  # audio is on its way; past the lag limit its absence reads as silence
+        v, a, ids = self._rows.span(s, e, context=_EDGE), self._audio_rows(s, e), self._window_identity(s, e)
         w = Window(stream=self.stream, t0=self.time_offset + s / FPS, t1=self.time_offset + e / FPS,
-                   **self._video_rows(s, e), **self._audio_rows(s, e))
+                   expression=v.expression, face_mask=v.face_mask, observed=v.observed,
+                   audio=a["audio"], speech=a["speech"],
+                   face_ids=ids.face_ids, face_id_rows=ids.face_id_rows,
+                   voice_id=ids.voice_id, voice_id_row=ids.voice_id_row)
         self._windows += 1
         self._next_start = s + self.settings.hop
         self._trim()
         return w
-
-    def _video_rows(self, s: int, e: int) -> dict[str, np.ndarray]:
-        v = self._rows.span(s, e, context=_EDGE)
-        return {"expression": v.expression, "face_mask": v.face_mask, "observed": v.observed}
 
     def _audio_rows(self, s: int, e: int) -> dict[str, np.ndarray]:
         pre = min(self._pre, s)
@@ -171,10 +199,31 @@ class StreamFeaturizer:
         rows = slice(pre, pre + e - s)
         return {"audio": sound.rows(rows), "speech": sound.speech[rows]}
 
+    def _window_identity(self, s: int, e: int) -> WindowIdentity:
+        dim = self._identity.face_dim
+        faces = np.stack(self._face_ids) if self._face_ids else np.zeros((0, dim), dtype=np.float32)
+        voice_ticks, voices = np.zeros(0, dtype=np.int64), np.zeros((0, self._identity.voice_dim), dtype=np.float32)
+        k = self._identity.settings.voice_tick_for_end(e)
+        if k is not None:
+            if self._voice is None or self._voice[0] != k:  # windows closer than voice_every share one
+                self._voice = (k, self._identity.voice_at(self._audio, k))
+            voice_ticks, voices = np.array([k], dtype=np.int64), self._voice[1][None, :]
+        return window_identity(faces, np.array(self._face_ticks, dtype=np.int64), voices, voice_ticks, s, e)
+
+    def _drop_face_ids(self, tick: int) -> None:
+        n = int(np.searchsorted(self._face_ticks, tick))
+        del self._face_ticks[:n], self._face_ids[:n]
+
     def _trim(self) -> None:
-        """Forget what no future window needs (its edge ticks and audio context)."""
+        """Forget what no future window needs (its edge ticks, audio and voice context, and
+        the face descriptors before it)."""
         self._rows.drop_before(self._next_start - _EDGE)
-        self._audio.drop_before((self._next_start - self._pre) * SAMPLES_PER_FRAME)
+        self._drop_face_ids(self._next_start)
+        keep = self._next_start - self._pre
+        k = self._identity.settings.voice_tick_for_end(self._next_start + self.settings.window)
+        if k is not None:
+            keep = min(keep, self._identity.settings.voice_span(k)[0])
+        self._audio.drop_before(keep * SAMPLES_PER_FRAME)
 
     def stats(self) -> FeaturizerStats:
         return FeaturizerStats(

@@ -19,11 +19,12 @@ import numpy as np
 from expose.monitor.errors import FeatureFileError
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS, SPEECH_THRESHOLD, audio_rows
 from expose.monitor.features.expressions import EXPRESSION_DIM
+from expose.monitor.features.identity import FACE_ID_DIM, VOICE_ID_DIM, window_identity
 from expose.monitor.features.phones import N_PHONES
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: identity embeddings (face_ids, face_id_ticks, voice_ids, voice_id_ticks)
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,21 @@ class FeatureTrack:
     # (N,) bool: a face was landmarked on a frame of this tick (face_mask minus interpolated
     # ticks); reconstruction errors count only these. None at construction -> face_mask
     observed: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # Identity embeddings (features.identity says at which ticks); None at construction -> none.
+    # (M, 128) float32 face descriptors of the primary face, at ticks face_id_ticks (M,) int64
+    face_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    face_id_ticks: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # (B, 256) float32 voice embeddings of the speech before ticks voice_id_ticks (B,) int64
+    # (in [1, N]); a row of NaN: too little speech there
+    voice_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    voice_id_ticks: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         n = len(self.face_mask)
+        _default_embeddings(self, "face_ids", "face_id_ticks", FACE_ID_DIM)
+        _default_embeddings(self, "voice_ids", "voice_id_ticks", VOICE_ID_DIM)
+        _check_embeddings("face", self.face_ids, self.face_id_ticks, 0, n - 1)
+        _check_embeddings("voice", self.voice_ids, self.voice_id_ticks, 1, n)
         if self.phones is None:
             sil = np.zeros((n, N_PHONES), dtype=np.float32)
             sil[:, 0] = 1.0
@@ -106,9 +119,12 @@ class FeatureTrack:
         if not 0 <= start < end <= len(self):
             raise ValueError(f"window [{start}, {end}) outside a track of {len(self)} frames")
         rows = slice(start, end)
+        ids = window_identity(self.face_ids, self.face_id_ticks, self.voice_ids, self.voice_id_ticks, start, end)
         return Window(stream=stream or self.source, t0=start / FPS, t1=end / FPS,
                       expression=self.expression[rows], audio=self.audio_rows(rows),
-                      face_mask=self.face_mask[rows], speech=self.speech[rows], observed=self.observed[rows])
+                      face_mask=self.face_mask[rows], speech=self.speech[rows], observed=self.observed[rows],
+                      face_ids=ids.face_ids, face_id_rows=ids.face_id_rows,
+                      voice_id=ids.voice_id, voice_id_row=ids.voice_id_row)
 
     def windows(self, lo: int, hi: int, length: int, hop: int, stream: str = "") -> list[Window]:
         """Windows starting every ``hop`` frames in [lo, hi - length]."""
@@ -118,10 +134,17 @@ class FeatureTrack:
         """Rows [start, end) as a track of their own (row 0 = old row ``start``)."""
         if not 0 <= start < end <= len(self):
             raise ValueError(f"segment [{start}, {end}) outside a track of {len(self)} frames")
+        # Embeddings move with their ticks; a voice embedding keeps the speech it holds from
+        # before ``start`` (it was computed on the whole timeline).
+        face = (self.face_id_ticks >= start) & (self.face_id_ticks < end)
+        voice = (self.voice_id_ticks > start) & (self.voice_id_ticks <= end)
         return dataclasses.replace(
             self, expression=self.expression[start:end], face_mask=self.face_mask[start:end],
             mel=self.mel[start:end], speech=self.speech[start:end], phones=self.phones[start:end],
-            observed=self.observed[start:end], source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
+            observed=self.observed[start:end],
+            face_ids=self.face_ids[face], face_id_ticks=self.face_id_ticks[face] - start,
+            voice_ids=self.voice_ids[voice], voice_id_ticks=self.voice_id_ticks[voice] - start,
+            source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
 
     def save(self, path: Path) -> None:
         meta = {
@@ -144,6 +167,10 @@ class FeatureTrack:
             speech=self.speech,
             phones=self.phones.astype(np.float16),
             observed=self.observed,
+            face_ids=self.face_ids,
+            face_id_ticks=self.face_id_ticks,
+            voice_ids=self.voice_ids,  # NaN rows (too little speech) are stored as they are
+            voice_id_ticks=self.voice_id_ticks,
         )
         tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
 
@@ -166,6 +193,10 @@ class FeatureTrack:
                     phones=z["phones"].astype(np.float32),
                     # files written before it existed: every face row counts as observed
                     observed=(z["observed"] if "observed" in z.files else z["face_mask"]).astype(bool),
+                    face_ids=z["face_ids"].astype(np.float32),
+                    face_id_ticks=z["face_id_ticks"].astype(np.int64),
+                    voice_ids=z["voice_ids"].astype(np.float32),
+                    voice_id_ticks=z["voice_id_ticks"].astype(np.int64),
                     has_audio=bool(meta["has_audio"]),
                     source=str(meta.get("source", "")),
                     media_sha256=str(meta.get("media_sha256", "")),
@@ -176,3 +207,21 @@ class FeatureTrack:
             raise FeatureFileError(f"{path}: no such feature file") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
             raise FeatureFileError(f"{path}: not a readable feature file ({err})") from None
+
+
+def _default_embeddings(track: FeatureTrack, vectors: str, ticks: str, dim: int) -> None:
+    """None -> no embeddings: (0, dim) float32 and (0,) int64."""
+    if getattr(track, vectors) is None:
+        object.__setattr__(track, vectors, np.zeros((0, dim), dtype=np.float32))
+    if getattr(track, ticks) is None:
+        object.__setattr__(track, ticks, np.zeros(0, dtype=np.int64))
+
+
+def _check_embeddings(what: str, vectors: np.ndarray, ticks: np.ndarray, lo: int, hi: int) -> None:
+    """(M, D) float32 vectors at M strictly increasing int64 ticks within [lo, hi]."""
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or ticks.shape != (len(vectors),) \
+            or ticks.dtype != np.int64:
+        raise ValueError(f"FeatureTrack.{what}_ids: need (M, D) float32 vectors and (M,) int64 ticks, "
+                         f"got {vectors.shape} {vectors.dtype} and {ticks.shape} {ticks.dtype}")
+    if len(ticks) and (ticks[0] < lo or ticks[-1] > hi or (np.diff(ticks) <= 0).any()):
+        raise ValueError(f"FeatureTrack.{what}_id_ticks must increase strictly within [{lo}, {hi}]")

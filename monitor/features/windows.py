@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from expose.monitor.features.audio import AUDIO_DIM, SPEECH_THRESHOLD
+from expose.monitor.features.identity import FACE_ID_DIM
 
 if TYPE_CHECKING:  # track.py builds Windows, so it imports this module
     from expose.monitor.features.track import FeatureTrack
@@ -46,14 +47,35 @@ class Window:
     # so a source's frame rate (how many ticks are interpolated) does not move the scores.
     # None -> face_mask
     observed: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # Identity embeddings (features.identity.window_identity), the same offline and live.
+    # (M, 128) float32 face descriptors of the rows face_id_rows (M,) int64 (landmarked rows
+    # on the face sampling grid). None -> none.
+    face_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    face_id_rows: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # (256,) float32 voice embedding of the speech before row voice_id_row (<= T; the last voice
+    # tick at or before the window's end, so it may start before the window); NaN: too little
+    # speech; None: no voice embedding (disabled, or no voice tick yet)
+    voice_id: np.ndarray | None = field(default=None, repr=False)
+    voice_id_row: int | None = None
 
     def __post_init__(self) -> None:
         t = len(self.face_mask)
         if self.observed is None:
             object.__setattr__(self, "observed", self.face_mask)
+        if self.face_ids is None:
+            object.__setattr__(self, "face_ids", np.zeros((0, FACE_ID_DIM), dtype=np.float32))
+        if self.face_id_rows is None:
+            object.__setattr__(self, "face_id_rows", np.zeros(0, dtype=np.int64))
         if (self.expression.shape[0] != t or self.audio.shape != (t, AUDIO_DIM) or self.speech.shape != (t,)
                 or self.observed.shape != (t,)):
             raise ValueError("Window arrays must share their first dimension T")
+        if (self.face_ids.ndim != 2 or self.face_id_rows.shape != (len(self.face_ids),)
+                or ((self.face_id_rows < 0) | (self.face_id_rows >= t)).any()):
+            raise ValueError("Window.face_ids must be (M, D) with M face_id_rows in [0, T)")
+        if (self.voice_id is None) != (self.voice_id_row is None) or (
+                self.voice_id is not None and (self.voice_id.ndim != 1 or self.voice_id_row is None
+                                               or self.voice_id_row > t)):
+            raise ValueError("Window.voice_id must be (D,) with a voice_id_row <= T, or both None")
         if not self.t1 > self.t0:
             raise ValueError("Window needs t1 > t0")
 
@@ -68,6 +90,11 @@ class Window:
     @property
     def speech_ratio(self) -> float:
         return float((self.speech >= SPEECH_THRESHOLD).mean())
+
+    @property
+    def has_voice_id(self) -> bool:
+        """A voice embedding of enough speech (not None, not NaN)."""
+        return self.voice_id is not None and bool(np.isfinite(self.voice_id).all())
 
     def centered_expression(self) -> np.ndarray:
         return center_expression(self.expression, self.face_mask)
