@@ -431,6 +431,7 @@ def evaluate_cmd(
             print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
 
 
+from expose.monitor.cli import demo as cli_demo  # noqa: E402,F401  (registers demo on the same app)
 from expose.monitor.cli import live as cli_live  # noqa: E402,F401  (registers serve and watch on the same app)
 
 
