@@ -53,27 +53,10 @@ MULTI_RECORDING = ["trump", "vidtimit_fadg0", "eknim_min", "niko_csgo", "ocasio_
 
 def _faces(path: Path, face_model: Path, n: int, stride: int) -> tuple[list[FaceSample], np.ndarray]:
     """Up to ``n`` faces from every ``stride``-th decoded frame: samples and (N, 2) yaw, pitch."""
-    import numpy as np
+    from expose.monitor.features.face_id import PITCH, YAW, sample_faces
 
-    from expose.monitor.features.expressions import ExpressionExtractor
-    from expose.monitor.features.face_id import PITCH, YAW, FaceSample
-    from expose.monitor.media.reader import MediaReader, VideoFrame
-
-    samples: list[FaceSample] = []
-    poses: list[np.ndarray] = []
-    k = 0
-    with MediaReader(str(path), require_video=True, require_audio=False) as reader, \
-            ExpressionExtractor(face_model) as extractor:
-        for item in reader.read(max_side=640):
-            if not isinstance(item, VideoFrame):
-                continue
-            k += 1
-            if (k - 1) % stride == 0 and (obs := extractor.observe(item.image, item.time)) is not None:
-                samples.append(FaceSample(item.image, obs.landmarks))
-                poses.append(obs.expression[[YAW, PITCH]])
-            if len(samples) == n:
-                break
-    return samples, np.array(poses, dtype=np.float32).reshape(-1, 2)
+    samples, expressions = sample_faces(path, face_model, n, stride)
+    return samples, expressions[:, [YAW, PITCH]]
 
 
 def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:

@@ -31,6 +31,7 @@ from expose.monitor.features.face_id import (
     FaceSample,
     face_distances,
     resolve_face_id_models,
+    sample_faces,
     select_face_references,
 )
 from expose.monitor.media.reader import MediaReader, VideoFrame
@@ -52,25 +53,9 @@ Faces = tuple[list[FaceSample], np.ndarray]  # samples, (N, 58) expression vecto
 
 def _faces(path: Path, face_model: Path, n: int, stride: int = 10) -> Faces:
     """Up to ``n`` faces from every ``stride``-th decoded frame of ``path``."""
-    samples: list[FaceSample] = []
-    expressions: list[np.ndarray] = []
-    k = 0
-    with MediaReader(str(path), require_video=True, require_audio=False) as reader, \
-            ExpressionExtractor(face_model) as extractor:
-        for item in reader.read(max_side=640):
-            if not isinstance(item, VideoFrame):
-                continue
-            k += 1
-            if (k - 1) % stride:
-                continue
-            obs = extractor.observe(item.image, item.time)
-            if obs is not None:
-                samples.append(FaceSample(item.image, obs.landmarks))
-                expressions.append(obs.expression)
-            if len(samples) == n:
-                break
+    samples, expressions = sample_faces(path, face_model, n, stride)
     assert samples, f"no face found in {path}"
-    return samples, np.stack(expressions)
+    return samples, expressions
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ import numpy as np
 
 from expose.monitor.errors import AssetError
 from expose.monitor.features.embedding import SetDistance, farthest_point_order, reference_distances
-from expose.monitor.features.expressions import EXPRESSION_NAMES
+from expose.monitor.features.expressions import EXPRESSION_NAMES, ExpressionExtractor
+from expose.monitor.media.reader import MediaReader, VideoFrame
 
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -183,3 +184,24 @@ def face_distances(probes: np.ndarray, references: np.ndarray, method: SetDistan
     0.998-0.999 for all three.
     """
     return reference_distances(probes, references, method=method, k=k)
+
+
+def sample_faces(path: Path, face_model: Path, n: int, stride: int = 10, max_side: int = 640,
+                 ) -> tuple[list[FaceSample], np.ndarray]:
+    """Up to ``n`` faces from every ``stride``-th decoded frame of a file: the samples to embed
+    and their (N, 58) expression vectors (head pose included, for reference selection)."""
+    samples: list[FaceSample] = []
+    expressions: list[np.ndarray] = []
+    k = 0
+    with MediaReader(str(path), require_video=True, require_audio=False) as reader, \
+            ExpressionExtractor(face_model) as extractor:
+        for item in reader.read(max_side=max_side):
+            if not isinstance(item, VideoFrame):
+                continue
+            k += 1
+            if (k - 1) % stride == 0 and (obs := extractor.observe(item.image, item.time)) is not None:
+                samples.append(FaceSample(item.image, obs.landmarks))
+                expressions.append(obs.expression)
+            if len(samples) == n:
+                break
+    return samples, np.array(expressions, dtype=np.float32).reshape(-1, len(EXPRESSION_NAMES))
