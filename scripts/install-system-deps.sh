@@ -15,6 +15,8 @@ PACKAGES=(
     # RTSP test (tests/live/rtsp_server.py): GStreamer's RTSP server under Debian's python3
     python3 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    # the dev evaluation's attack media (bench/make_attacks.py): muxing and re-encoding, synthetic speech
+    ffmpeg espeak-ng
 )
 
 say() { echo "install-system-deps: $*"; }
