@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench_live.py                          # defaults: at most ~6 minutes
     .venv/bin/python bench/bench_live.py --max-streams 4 --level-seconds 20 --memory-seconds 90 --json
+    .venv/bin/python bench/bench_live.py --no-identity             # without face / voice embeddings
 
 One process, the real pipeline of `expose serve` without its HTTP front: the LiveMonitor
 (PullSource -> StreamRunner with MediaPipe and the audio features -> the shared
@@ -32,6 +33,13 @@ the default ModelConfig size, which costs the same to run as a trained one); the
 profile is made here with random tokens and thresholds below any distance, so every
 stream goes into alert and the alert path (SQLite writes, per-window updates) is part of
 what is measured; speed does not depend on what the tokens say.
+
+Identity: with a decision for the model (the shipped one for the starter model), the
+monitor computes face descriptors and voice embeddings on every stream's feature thread
+and scores the face and voice terms, as `expose serve` does; the bench profile then gets
+random enrolled face and voice references. ``--no-identity`` turns the embeddings off
+(``features.face_id_every = voice_every = 0``; the decision and its motion cohort stay), to
+measure what they cost.
 """
 
 from __future__ import annotations
@@ -81,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-seconds", type=float, default=120.0, help="memory run (0: skip)")
     p.add_argument("--memory-streams", type=int, default=None,
                    help="streams in the memory run (default: the highest level sustained, 1-4)")
+    p.add_argument("--decision", default="auto",
+                   help="model.decision: auto (the shipped one for the starter model), none, or a decision file")
+    p.add_argument("--no-identity", action="store_true",
+                   help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory run's own process
     args = p.parse_args(argv)
@@ -184,14 +196,21 @@ def r3(x: float | None) -> float | None:
 
 def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     """(config, model path, model description); writes the bench profile under tmp."""
+    import numpy as np
     import torch
 
     from expose.monitor.config import Config
+    from expose.monitor.features.identity import FACE_ID_DIM, VOICE_ID_DIM
     from expose.monitor.model.exam import Exam, ModelConfig, load_model, save_model
+    from expose.monitor.model.verification import IdentityReferences
     from expose.profiles.store import Calibration, Profile, ProfileStore
 
     face = args.face_model or Path(os.environ.get("EXPOSE_FACE_MODEL") or SHARED / "models" / "face_landmarker.task")
-    cfg = Config.model_validate({"features": {"face_model": str(face)}, "profiles_dir": str(tmp / "profiles"),
+    features: dict[str, Any] = {"face_model": str(face)}
+    if args.no_identity:
+        features |= {"face_id_every": 0, "voice_every": 0}
+    cfg = Config.model_validate({"features": features, "model": {"decision": str(args.decision)},
+                                 "profiles_dir": str(tmp / "profiles"),
                                  "server": {"db_path": str(tmp / "monitor.sqlite3")}})
     model_path = args.model or cfg.model.path
     if args.model is None and not Path(model_path).is_file():
@@ -201,13 +220,17 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
         what = "untrained, default ModelConfig() size (no starter model found)"
     else:
         what = str(model_path)
-    base = load_model(Path(model_path))
+    base = load_model(Path(model_path), cfg.model.decision)
     k, d = base.model.null_tokens.shape
     torch.manual_seed(1)
+    rng = np.random.default_rng(1)  # enrolled face / voice of the right shapes: the terms cost the same
+    refs = IdentityReferences(rng.normal(size=(16, FACE_ID_DIM)).astype(np.float32) * 0.05,
+                              rng.normal(size=(32, VOICE_ID_DIM)).astype(np.float32))
     ProfileStore(tmp / "profiles").save(Profile(
         name=PROFILE, base_model_sha256=base.sha256, created=datetime.now(UTC).isoformat(),
         references=[], calibration=Calibration(n_windows=0, mean=-1e9, std=1.0, threshold=-1e9, target_far=0.01),
-        enroll={"note": "random tokens, bench_live.py"}, tokens=torch.randn(k, d) * 0.02))
+        enroll={"note": "random tokens, bench_live.py"}, tokens=torch.randn(k, d) * 0.02, identity=refs,
+        decision_sha256=base.decision.sha256 if base.decision is not None else None))
     c = base.model.cfg
     return cfg, Path(model_path), f"{what}; d_model={c.d_model} layers={c.n_layers} window={c.window}"
 
@@ -361,6 +384,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     fps = source_fps(clip, 0.0 if args.memory_only else args.level_seconds)
     result: dict[str, Any] = {
         "machine": machine(), "model": model_what, "device": str(monitor.scorer.device),
+        "decision": str(monitor.scorer.decision.path) if monitor.scorer.decision is not None else None,
+        "identity_embeddings": monitor.identity and not args.no_identity,
         "clip": {"path": str(clip), "fps": fps}, "hop_s": cfg.live.hop_s,
         "window_s": monitor.features.window / FPS, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                                for k, v in vars(args).items()},
@@ -407,6 +432,7 @@ def memory_run(args: argparse.Namespace, streams: int) -> dict[str, Any]:
         cmd += ["--face-model", str(args.face_model)]
     if args.model is not None:
         cmd += ["--model", str(args.model)]
+    cmd += ["--decision", str(args.decision)] + (["--no-identity"] if args.no_identity else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.memory_seconds + 300)
     if proc.returncode != 0:
         raise SystemExit(f"memory run failed:\n{proc.stderr[-3000:]}")
@@ -425,6 +451,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [f"machine: {m['cpu']}, nproc {m['nproc']}, load average at start {m['loadavg_at_start']}, "
              f"torch threads {m['torch_threads']}, {m['platform']}",
              f"model: {r['model']}  device: {r['device']}",
+             f"decision: {r['decision']}  face / voice embeddings: {'on' if r['identity_embeddings'] else 'off'}",
              f"clip: {r['clip']['path']} ({r['clip']['fps']:g} fps), window {r['window_s']} s, hop {r['hop_s']} s",
              f"idle RSS (model loaded, no stream): {r['rss_idle_mb']} MB", "",
              "streams  realtime(min)  e2e p50  e2e p95  scoring p50  windows  RSS MB  verdict"]

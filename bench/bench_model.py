@@ -25,7 +25,7 @@ from expose.monitor.features.cache import FeatureCache
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import windows_of
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import Scorer, requests_for
+from expose.monitor.model.scorer import Scorer
 from expose.profiles.enroll import EnrollConfig, enroll
 from expose.profiles.store import Reference
 
@@ -41,38 +41,47 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EXPOSE_CACHE", Path.home() / ".cache/expose")))
     ap.add_argument("--face-model", type=Path, default=SHARED / "models/face_landmarker.task")
     ap.add_argument("--steps", type=int, default=300, help="enrollment steps (the CLI default)")
+    ap.add_argument("--decision", default="auto", help="decision file, auto (the shipped one) or none")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    base = load_model(args.model)
-    cache = FeatureCache(args.cache, FeatureConfig(), args.face_model)
-    track, _ = cache.get(args.reference)
+    base = load_model(args.model, args.decision)
+    # extracted with five faces a second, thinned to the configured rate (FeatureTrack.thin_face_ids)
+    cache = FeatureCache(args.cache, FeatureConfig(face_id_every=5), args.face_model)
+    track = cache.get(args.reference)[0].thin_face_ids(FeatureConfig().face_id_every)
     track = track.segment(0, min(len(track), 60 * FPS))
     ref = [(track, Reference(str(args.reference), track.media_sha256, track.duration, 0))]
     t0 = time.perf_counter()
-    enroll("bench", base, ref, EnrollConfig(steps=args.steps))
+    profile = enroll("bench", base, ref, EnrollConfig(steps=args.steps))
     enroll_s = time.perf_counter() - t0
 
-    scorer = Scorer(base.model, base.weights.settings())
-    windows = [w for w in windows_of(track, base.model.cfg.window, FPS) if not scorer.insufficiency(w)]
-    tok = base.model.null_tokens.detach()
-    throughput = {}
-    for batch in (1, 8, 32):
-        ws = (windows * ((batch // len(windows)) + 1))[:batch]
-        scorer.score(requests_for(ws, tok, "b"))  # warm-up
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 5.0:
-            scorer.score(requests_for(ws, tok, "b"))
-            n += len(ws)
-        rate = n / (time.perf_counter() - t0)
-        throughput[batch] = {"windows_per_s": round(rate, 2), "x_realtime_at_1s_hop": round(rate * 1.0, 2)}
+    # with the decision (cohort branches, face and voice terms) and the motion terms alone
+    scorers = {"decision": Scorer.of(base), "motion only": Scorer(base.model, base.weights.settings())}
+    windows = [w for w in windows_of(track, base.model.cfg.window, FPS)
+               if not scorers["decision"].insufficiency(w)]
+    throughput: dict[str, dict[int, dict[str, float]]] = {}
+    for label, scorer in scorers.items():
+        throughput[label] = {}
+        for batch in (1, 8, 32):
+            ws = (windows * ((batch // len(windows)) + 1))[:batch]
+            reqs = profile.requests(ws, scorer)
+            scorer.score(reqs)  # warm-up
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < 5.0:
+                scorer.score(reqs)
+                n += len(ws)
+            rate = n / (time.perf_counter() - t0)
+            throughput[label][batch] = {"windows_per_s": round(rate, 2), "x_realtime_at_1s_hop": round(rate, 2)}
 
     meta_val = base.meta.get("val", {})
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
                    f"{torch.get_num_threads()}",
         "model": str(args.model), "parameters": sum(p.numel() for p in base.model.parameters()),
-        "forward_passes_per_window": len(scorer.settings.times) * scorer.settings.draws * 3,
+        "forward_passes_per_window": len(base.weights.settings().times) * base.weights.settings().draws * 3,
+        "decision": str(base.decision.path) if base.decision else None,
+        "cohort_reconstructions_per_window": (len(base.weights.settings().times) * base.weights.settings().cohort_draws
+                                              * base.decision.spec.motion_cohort) if base.decision else 0,
         "enroll_60s_reference_s": round(enroll_s, 1), "enroll_steps": args.steps,
         "scorer": throughput,
         "heldout_mouth_error_ratio_shifted_vs_true_audio": {
@@ -85,9 +94,10 @@ def main() -> None:
     print(f"machine: {out['machine']}; model {out['parameters']} parameters, "
           f"{out['forward_passes_per_window']} sequences per window in one batched pass")
     print(f"enrollment, 60 s reference, {args.steps} steps: {enroll_s:.1f} s")
-    for b, r in throughput.items():
-        print(f"scorer batch {b:>2}: {r['windows_per_s']:>7.2f} windows/s = {r['x_realtime_at_1s_hop']:.2f} "
-              "streams in real time at one window per second")
+    for label, rows in throughput.items():
+        for b, r in rows.items():
+            print(f"scorer ({label}) batch {b:>2}: {r['windows_per_s']:>7.2f} windows/s = "
+                  f"{r['x_realtime_at_1s_hop']:.2f} streams in real time at one window per second")
     print(f"held-out mouth error, shifted / true audio: {out['heldout_mouth_error_ratio_shifted_vs_true_audio']}")
 
 

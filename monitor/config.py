@@ -42,9 +42,10 @@ class FeatureConfig(_Strict):
         0.5, gt=0.0, lt=1.0, description="Face detection / presence confidence threshold."
     )
     face_id_every: int = Field(
-        5, ge=0, le=250,
+        25, ge=0, le=250,
         description="Embed the primary face for face verification on every N-th tick of the 25 fps "
-        "timeline (5: five faces a second, ~80 ms each on one CPU core); 0 disables face descriptors.",
+        "timeline (25: one face a second, ~80 ms on one CPU core, 2-3 per scored window); 0 disables "
+        "face descriptors.",
     )
     face_embedder: str = Field(
         "dlib-resnet", description="Face verification embedder, by its registry name (features.embedding)."
@@ -84,6 +85,13 @@ class ModelSection(_Strict):
         "shipped with expose (see monitor/assets/MODEL_CARD.md).",
     )
     device: str = Field("auto", description="auto (GPU when present), cpu, or cuda[:N].")
+    decision: str = Field(
+        "none",
+        description="How the score's terms are fused: none (the motion distance alone; the default this "
+        "release, see the README), auto (face and voice verification, cohort normalisation and the fused, "
+        "explained decision shipped for the starter model; none for other models), or a decision file's path "
+        "(bench/fit_decision.py). Profiles must be enrolled with the decision they are scored with.",
+    )
 
 
 class ServerSection(_Strict):

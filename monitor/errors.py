@@ -23,3 +23,7 @@ class FeatureFileError(ExposeError):
 
 class ConfigError(ExposeError):
     """The configuration file or an environment override is invalid."""
+
+
+class ModelFileError(ExposeError):
+    """A model file (EXAM checkpoint, decision file) is missing, unreadable or of the wrong kind."""

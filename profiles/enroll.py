@@ -20,12 +20,16 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from expose.monitor.features.face_id import PITCH, YAW, select_face_references
+from expose.monitor.features.identity import FACE_ID_DIM, VOICE_ID_DIM
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window
 from expose.monitor.model.exam import LoadedModel
-from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreSettings, requests_for
+from expose.monitor.model.score import Score
+from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, ScoreRequest, ScoreSettings
 from expose.monitor.model.smoothing import overlap_sd_ratios
+from expose.monitor.model.verification import IdentityReferences
 from expose.monitor.training.train import Segment, WindowSampler, valid_starts
 from expose.profiles.store import Calibration, Profile, Reference
 
@@ -48,6 +52,8 @@ class EnrollConfig:
     calib_hop: int = 4  # frames between calibration windows
     min_std: float = 0.05  # floor on the genuine spread: a handful of windows underestimates it
     min_calibration_windows: int = 8
+    face_references: int = 16  # enrolled face descriptors kept, spread over head pose
+    voice_references: int = 32  # enrolled voice embeddings kept, evenly over the references
     # sd of the per-channel log gain applied to reference windows (monitor/training.py);
     # None: the base model's own training value, so tokens meet the variation the base saw
     session_gain: float | None = None
@@ -64,6 +70,30 @@ def _split(tr: FeatureTrack, length: int, cfg: EnrollConfig) -> tuple[int, int]:
         return n, n  # too short to split: all for training
     hold = max(length + 32, int(round(n * cfg.holdout_fraction)))  # >= 9 windows at a 4-frame hop
     return n - hold, n
+
+
+def identity_references(parts: list[tuple[FeatureTrack, int]], cfg: EnrollConfig) -> IdentityReferences:
+    """The face descriptors (spread over head pose) and voice embeddings of rows [0, cut) of
+    each reference track, so that the held-out tails the calibration scores were never
+    enrolled; a modality that the parts do not hold is taken from the whole tracks."""
+
+    def collect(rows: list[tuple[FeatureTrack, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        face = [tr.face_ids[tr.face_id_ticks < cut] for tr, cut in rows]
+        pose = [tr.expression[tr.face_id_ticks[tr.face_id_ticks < cut]][:, [YAW, PITCH]] for tr, cut in rows]
+        voice = [v[np.isfinite(v).all(axis=1)] for v in (tr.voice_ids[tr.voice_id_ticks <= cut] for tr, cut in rows)]
+        return (np.concatenate([np.zeros((0, FACE_ID_DIM), np.float32), *face]),
+                np.concatenate([np.zeros((0, 2), np.float32), *pose]),
+                np.concatenate([np.zeros((0, VOICE_ID_DIM), np.float32), *voice]))
+
+    face, pose, voice = collect(parts)
+    if not len(face) or not len(voice):
+        wf, wp, wv = collect([(tr, len(tr)) for tr, _ in parts])
+        face, pose = (face, pose) if len(face) else (wf, wp)
+        voice = voice if len(voice) else wv
+    keep = np.sort(select_face_references(pose, cfg.face_references))
+    if len(voice) > cfg.voice_references:
+        voice = voice[np.linspace(0, len(voice) - 1, cfg.voice_references).round().astype(int)]
+    return IdentityReferences(face[keep].astype(np.float32), voice.astype(np.float32))
 
 
 def enroll(
@@ -84,9 +114,10 @@ def enroll(
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    segments, calib_windows = [], []
+    segments, calib_windows, parts = [], [], []
     for tr, _ in references:
         cut, n = _split(tr, length, cfg)
+        parts.append((tr, cut))
         st, _ = valid_starts(tr, 0, cut, length, cfg.min_face, cfg.min_speech, 2)
         segments.append(Segment(tr, 0, 0, cut, st))
         if cut < n:
@@ -118,25 +149,32 @@ def enroll(
             on_step(step + 1, loss.item())
     train_s = time.perf_counter() - t_start
 
-    scorer = Scorer(model, score_settings)
+    decision = base.decision
+    scorer = Scorer(model, score_settings, decision=decision)
     tok = tokens.detach()
+    refs = identity_references(parts, cfg)
+    cohort = scorer.motion_cohort(tok)
 
-    def terms(windows: list[Window]) -> np.ndarray:
-        """(N, 3): distance, identity and fit terms of the scored windows."""
-        scores = scorer.score_batched(requests_for(windows, tok, name))
-        return np.array([(s.distance, s.identity, s.fit) for s in scores
-                         if s.distance is not None and s.identity is not None and s.fit is not None]).reshape(-1, 3)
+    def scored(windows: list[Window]) -> list[Score]:
+        return [s for s in scorer.score_batched([ScoreRequest(w, tok, name, cohort, refs) for w in windows])
+                if s.distance is not None and s.identity is not None and s.fit is not None]
 
-    d = terms(calib_windows)
+    windows_scored = scored(calib_windows)
     calib_source = CALIBRATED_ON_HELD_OUT
-    if len(d) < cfg.min_calibration_windows:
+    if len(windows_scored) < cfg.min_calibration_windows:
         # References too short to hold enough out: calibrate on every reference window. The
         # tokens were fitted to them, so the mean is optimistic; the spread is floored below.
         every = [w for tr, _ in references for w in tr.windows(0, len(tr), length, cfg.calib_hop)]
-        d = np.concatenate([d, terms(every)])
+        windows_scored += scored(every)
         calib_source = CALIBRATED_ON_REFERENCE
-    if len(d) == 0:
+    if not windows_scored:
         raise EnrollError("no calibration window has enough face and speech; give longer references")
+    # (N, 3): distance, identity and fit terms; with a decision, the distance fuses the fit
+    # term relative to this profile's own fit mean, known only now
+    fit_mean = float(np.mean([s.fit for s in windows_scored if s.fit is not None]))
+    d = np.array([(s.distance if decision is None else
+                   decision.fuse_terms(s.identity_tnorm, s.sync, s.fit, fit_mean, s.face, s.voice).distance,
+                   s.identity, s.fit) for s in windows_scored], dtype=np.float64)
     weights = base.weights
     dist = d[:, 0]
     # A few correlated windows underestimate the genuine spread: never go below the spread
@@ -144,14 +182,23 @@ def enroll(
     # the terms a profile centres centred per person: monitor/model/fusion.py).
     std_floor = weights.genuine_std if weights.genuine_std is not None else cfg.min_std
     mean, std = float(dist.mean()), float(max(dist.std(), std_floor, cfg.min_std))
+    center = float(score_settings.w_identity * d[:, 1].mean() + score_settings.w_fit * d[:, 2].mean())
+    scale = max(std_floor, cfg.min_std)
+    ratios = weights.smoothing_sd_ratio or overlap_sd_ratios(length, DEFAULT_HOP)
+    if decision is not None:
+        # The fused distance is already standardised on genuine footage from *other*
+        # recordings than the enrolled one (validation identities): that is the genuine
+        # distribution a new call meets. The held-out tail is the same recording, so it can
+        # only raise the bar (a profile whose own footage scores high), never lower it.
+        spec = decision.spec
+        mean, std = max(mean, spec.genuine_mean), max(float(dist.std()), spec.genuine_std)
+        center, scale, ratios = spec.genuine_mean, spec.genuine_std, spec.smoothing_sd_ratio
     z = NormalDist().inv_cdf(1 - cfg.target_far)
     threshold = max(mean + z * std, float(np.quantile(dist, 1 - cfg.target_far)))
-    ratios = weights.smoothing_sd_ratio or overlap_sd_ratios(length, DEFAULT_HOP)
     calib = Calibration(
         n_windows=len(d), mean=mean, std=std, threshold=threshold, target_far=cfg.target_far,
         quantiles={q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.99")},
-        center=float(score_settings.w_identity * d[:, 1].mean() + score_settings.w_fit * d[:, 2].mean()),
-        scale=max(std_floor, cfg.min_std), identity_mean=float(d[:, 1].mean()), fit_mean=float(d[:, 2].mean()),
+        center=center, scale=scale, identity_mean=float(d[:, 1].mean()), fit_mean=float(d[:, 2].mean()),
         smoothing_sd_ratio=[float(r) for r in ratios],
     )
     return Profile(
@@ -160,6 +207,8 @@ def enroll(
         references=[r for _, r in references], calibration=calib,
         enroll={"config": {**asdict(cfg), "session_gain": gain}, "score_settings": asdict(score_settings),
                 "train_windows": sampler.n_windows, "seconds": round(train_s, 2),
-                "final_loss": loss.item(), "calibration_source": calib_source},
-        tokens=tok,
+                "final_loss": loss.item(), "calibration_source": calib_source,
+                "face_references": len(refs.face), "voice_references": len(refs.voice),
+                "decision": str(decision.path) if decision is not None else None},
+        tokens=tok, identity=refs, decision_sha256=decision.sha256 if decision is not None else None,
     )

@@ -1,6 +1,7 @@
 """The profile store: one folder per enrolled subject.
 
-``<root>/<name>/tokens.safetensors`` holds the adapter tokens (K, d_model);
+``<root>/<name>/tokens.safetensors`` holds the adapter tokens (K, d_model) and the enrolled
+face descriptors (M, 128) and voice embeddings (V, 256) the face and voice terms compare with;
 ``<root>/<name>/profile.json`` the metadata: base model hash, reference files with
 their hashes and durations, calibration statistics, the alert threshold, created
 time. Nothing is pickled. Location: ``--profiles DIR``, env ``EXPOSE_PROFILES``, or the
@@ -17,13 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 
+import numpy as np
 import platformdirs
 import torch
 from safetensors.torch import load_file, save_file
 
 from expose.monitor.errors import ExposeError
+from expose.monitor.features.identity import FACE_ID_DIM, VOICE_ID_DIM
+from expose.monitor.features.windows import Window
+from expose.monitor.model.scorer import Scorer, ScoreRequest
+from expose.monitor.model.verification import IdentityReferences
 
-PROFILE_FORMAT = 3  # 2: calibration centre/scale and smoothing ratios; 3: the fit term's centre
+# 2: calibration centre/scale and smoothing ratios; 3: the fit term's centre; 4: enrolled face
+# descriptors and voice embeddings (tokens.safetensors: face_refs, voice_refs), the decision used
+PROFILE_FORMAT = 4
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -104,6 +112,10 @@ class Profile:
     calibration: Calibration
     enroll: dict[str, object]
     tokens: torch.Tensor = field(repr=False)  # (K, d_model)
+    identity: IdentityReferences = field(
+        default_factory=lambda: IdentityReferences(np.zeros((0, FACE_ID_DIM), np.float32),
+                                                   np.zeros((0, VOICE_ID_DIM), np.float32)), repr=False)
+    decision_sha256: str | None = None  # the decision file the calibration was made with (None: none)
 
     def normalized(self, distance: float) -> float:
         """The distance with the profile's centre (identity and fit offsets) removed, in units of the model's
@@ -111,13 +123,26 @@ class Profile:
         c = self.calibration
         return (distance - c.center) / max(c.scale, 1e-6)
 
-    def check_base(self, model_sha256: str) -> None:
+    def requests(self, windows: list[Window], scorer: Scorer) -> list[ScoreRequest]:
+        """Score requests claiming this profile: its tokens, the motion cohort the scorer's
+        decision asks for, and its enrolled face and voice."""
+        cohort = scorer.motion_cohort(self.tokens)
+        return [ScoreRequest(w, self.tokens, self.name, cohort, self.identity, self.calibration.fit_mean)
+                for w in windows]
+
+    def check_base(self, model_sha256: str, decision_sha256: str | None = None) -> None:
         if model_sha256 != self.base_model_sha256:
             raise ProfileError(
                 f"profile {self.name!r} was enrolled with base model {self.base_model_sha256[:12]}, "
                 f"but the loaded model is {model_sha256[:12]}; re-enroll it with this model "
                 "(or pass the model it was made with: --model)"
             )
+        if (decision_sha256 or None) != self.decision_sha256:
+            had = self.decision_sha256[:12] if self.decision_sha256 else "none"
+            now = decision_sha256[:12] if decision_sha256 else "none"
+            raise ProfileError(f"profile {self.name!r} was calibrated with decision {had}, the loaded one is "
+                               f"{now}; re-enroll it (expose enroll {self.name} MEDIA... --force) or set "
+                               "model.decision to the one it was made with")
 
 
 class ProfileStore:
@@ -140,8 +165,11 @@ class ProfileStore:
         tmp = d.with_name(d.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({"tokens": profile.tokens.detach().cpu().contiguous()}, str(tmp / "tokens.safetensors"))
-        meta = {k: v for k, v in asdict(profile).items() if k != "tokens"}
+        save_file({"tokens": profile.tokens.detach().cpu().contiguous(),
+                   "face_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.face, dtype=np.float32)),
+                   "voice_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.voice, dtype=np.float32))},
+                  str(tmp / "tokens.safetensors"))
+        meta = {k: v for k, v in asdict(profile).items() if k not in ("tokens", "identity")}
         meta["format"] = PROFILE_FORMAT
         (tmp / "profile.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if d.exists():
@@ -159,12 +187,14 @@ class ProfileStore:
             if meta.get("format") != PROFILE_FORMAT:
                 raise ProfileError(f"profile {name!r} has format {meta.get('format')}, this version reads "
                                    f"{PROFILE_FORMAT}: re-enroll it (expose enroll {name} MEDIA... --force)")
-            tokens = load_file(str(d / "tokens.safetensors"))["tokens"]
+            tensors = load_file(str(d / "tokens.safetensors"))
             return Profile(
                 name=meta["name"], base_model_sha256=meta["base_model_sha256"], created=meta["created"],
                 references=[Reference(**r) for r in meta["references"]],
                 calibration=Calibration(**meta["calibration"]), enroll=meta.get("enroll", {}),
-                tokens=tokens,
+                tokens=tensors["tokens"],
+                identity=IdentityReferences(tensors["face_refs"].numpy(), tensors["voice_refs"].numpy()),
+                decision_sha256=meta.get("decision_sha256"),
             )
         except ProfileError:
             raise

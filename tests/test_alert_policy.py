@@ -1,5 +1,5 @@
 """AlertPolicy as a pure function: smoothing, k-of-n raise, m-under clear, insufficient
-windows that neither raise nor clear, and the alert lifecycle."""
+windows that neither raise nor clear, the reasons an alert gives, and the alert lifecycle."""
 
 from __future__ import annotations
 
@@ -20,17 +20,18 @@ from expose.monitor.model.score import Score
 THR = 1.0
 
 
-def _score(t: float, d: float | None) -> Score:
+def _score(t: float, d: float | None, driver: str | None = None) -> Score:
     if d is None:
         return Score("cam", "alice", t, t + 2.56, "insufficient", 0.1, 0.0, reason="face on 10% of frames")
-    return Score("cam", "alice", t, t + 2.56, "scored", 1.0, 0.8, distance=d)
+    return Score("cam", "alice", t, t + 2.56, "scored", 1.0, 0.8, distance=d, driver=driver)
 
 
-def _run(policy: AlertPolicy, dists: list[float | None]) -> list[PolicyStep]:
+def _run(policy: AlertPolicy, dists: list[float | None], drivers: list[str | None] | None = None,
+         ) -> list[PolicyStep]:
     st, steps = PolicyState(), []
     for i, d in enumerate(dists):
-        step = policy.step(st, _score(float(i), d), THR, now=1000.0 + i, thumbnail=lambda: "JPEG",
-                           new_id=lambda: "a1")
+        step = policy.step(st, _score(float(i), d, drivers[i] if drivers else None), THR, now=1000.0 + i,
+                           thumbnail=lambda: "JPEG", new_id=lambda: "a1")
         steps.append(step)
         st = step.state
     return steps
@@ -71,6 +72,40 @@ def test_insufficient_windows_neither_raise_nor_clear() -> None:
     # a long gap ends the episode without calling the stream authentic
     steps = _run(p, [5.0, 5.0, None, None, None])
     assert steps[4].change == "ended" and steps[4].state.state == "insufficient"
+
+
+def test_an_alert_counts_the_terms_that_drove_its_windows() -> None:
+    p = AlertPolicy(PolicySettings(smoothing=1, raise_k=2, raise_n=3, clear_m=2))
+    steps = _run(p, [0.1, 2.0, 0.2, 3.0, None, 2.5, 0.5, 0.4],
+                 ["sync", "face", "voice", "face", None, "voice", "identity", "sync"])
+    opened, updated = steps[3].alert, steps[5].alert
+    assert opened is not None and updated is not None
+    # the episode's windows from the first one over the threshold; the window before it does not count
+    assert opened.reasons == {"face": 2, "voice": 1}
+    assert opened.driver == "face" and opened.explanation == "face does not match the enrolled person"
+    # an insufficient window neither counts nor ends the episode; a tie goes to the earliest driver
+    assert steps[4].alert is None and steps[4].state.alert == opened
+    assert updated.reasons == {"face": 2, "voice": 2} and updated.driver == "face"
+    ended = steps[7].alert
+    assert ended is not None and steps[7].change == "ended"
+    assert ended.reasons == {"face": 2, "voice": 2, "identity": 1, "sync": 1}
+    assert sum(ended.reasons.values()) == ended.n_windows == 6
+    d = ended.to_dict()
+    assert d["reasons"] == ended.reasons and d["explanation"] == "face does not match the enrolled person"
+    assert Alert.from_dict(d) == ended
+
+
+def test_without_a_decision_an_alert_has_no_reason() -> None:
+    p = AlertPolicy(PolicySettings(smoothing=1, raise_k=1, raise_n=1, clear_m=1))
+    opened = _run(p, [2.0])[0].alert  # scores without a driver (the motion distance alone)
+    assert opened is not None and opened.reasons == {} and opened.driver is None and opened.explanation == ""
+
+
+def test_an_alert_stored_before_reasons_reads_back_without_them() -> None:
+    a = Alert(id="x", stream="cam", profile="alice", threshold=1.0, opened_at=1.0, t_start=0.0, t_end=None,
+              ended_at=None, peak_distance=2.0, mean_distance=1.5, n_windows=2, scores=((1.0, 1.0), (2.0, 2.0)))
+    old = {k: v for k, v in a.to_dict().items() if k not in ("reasons", "explanation")}
+    assert Alert.from_dict(old) == a and a.reasons == {} and a.explanation == ""
 
 
 def test_lifecycle_open_acknowledged_closed() -> None:

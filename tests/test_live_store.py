@@ -1,4 +1,5 @@
-"""The monitor's SQLite store on a real file: seq order, replay, alerts, registry, restart."""
+"""The monitor's SQLite store on a real file: seq order, replay, alerts, registry, restart,
+and the explained alerts and score events reading back (also those stored before)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from expose.monitor.alerts.events import EVENTS, AlertDetail, AlertSummary, ScoreData, ScoreEvent
 from expose.monitor.alerts.policy import Alert
 from expose.monitor.live.store import LiveStore, StoreError
 
@@ -50,3 +52,30 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot open the monitor database"):
         LiveStore(bad)
+
+
+def test_an_explained_alert_and_score_event_read_back_the_same(tmp_path: Path) -> None:
+    s = LiveStore(tmp_path / "m.sqlite3")
+    a = dataclasses.replace(_alert("a"), reasons={"face": 3, "voice": 1}, n_windows=4)
+    s.put_alert(a)
+    back = s.get_alert("a")
+    assert back == a and back.explanation == "face does not match the enrolled person"
+    assert AlertDetail.of(back).model_dump() == {**a.to_dict(), "scores": [(2.56, 2.0)]}
+    assert AlertSummary.of(back).reasons == {"face": 3, "voice": 1}
+
+    data = ScoreData(profile="alice", t0=0.0, t1=2.56, status="scored", distance=2.5, smoothed=2.0, threshold=1.0,
+                     z=3.0, identity=0.1, sync=0.2, fit=-1.0, face=4.5, voice=None,
+                     terms={"identity": 0.3, "sync": 0.1, "fit": -0.2, "face": 2.5}, driver="face",
+                     explanation="face does not match the enrolled person", face_ratio=1.0, speech_ratio=0.9,
+                     reason="", state="suspect", latency_s=0.05, alert_id=None)
+    stored = s.append_event("score", "cam", data.model_dump(mode="json"))
+    event = s.events_since(stored.seq - 1)[0].event()
+    assert isinstance(event, ScoreEvent)
+    assert ScoreData.model_validate(event.data) == data
+    assert EVENTS.validate_json(event.to_json()) == event
+    # a score event stored before the face and voice terms existed still reads back
+    old = {k: v for k, v in data.model_dump(mode="json").items()
+           if k not in ("face", "voice", "terms", "driver", "explanation")}
+    replayed = s.events_since(s.append_event("score", "cam", old).seq - 1)[0].event()
+    assert isinstance(replayed, ScoreEvent) and replayed.driver is None and replayed.terms == {}
+    s.close()

@@ -13,7 +13,7 @@ import torch
 from expose.monitor.config import STARTER_MODEL
 from expose.monitor.features.windows import AUDIO_DIM, Window
 from expose.monitor.model.exam import Exam, ModelConfig, ModelFileError, load_model, save_model
-from expose.monitor.model.score import FusionWeights
+from expose.monitor.model.score import FusionWeights, ScoreSettings
 from expose.monitor.model.scorer import Scorer, ScoreRequest, nearest_cohort, requests_for
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, audio_layers=1, n_identities=3)
@@ -95,10 +95,14 @@ def test_cohort_tnorm_is_deterministic_and_relative_to_the_cohort() -> None:
         assert b.identity == pytest.approx(a.identity, abs=1e-5) and b.sync == pytest.approx(a.sync, abs=1e-5)
         assert b.identity_tnorm == c.identity_tnorm
     # T-norm by hand: score the window as each cohort member, normalise the subject's identity
-    ids = np.array([s.identity for s in Scorer(m).score([ScoreRequest(ws[0], c, "c") for c in cohort])])
+    # (the cohort on every noise draw here; by default on the first only, which costs a quarter)
+    every = Scorer(m, ScoreSettings(cohort_draws=ScoreSettings().draws))
+    ids = np.array([s.identity for s in every.score([ScoreRequest(ws[0], c, "c") for c in cohort])])
     expected = (plain[0].identity - ids.mean()) / ids.std(ddof=1)
-    assert normed[0].identity_tnorm == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    assert every.score(requests_for(ws[:1], tok, "p", cohort))[0].identity_tnorm == pytest.approx(
+        expected, rel=1e-3, abs=1e-4)
+    assert normed[0].identity_tnorm != pytest.approx(expected, rel=1e-3, abs=1e-4)  # one draw is not all four
     # mixed cohort sizes in one call are scored in one pass per size, in request order
     mixed = Scorer(m).score([ScoreRequest(ws[0], tok, "p", cohort), ScoreRequest(ws[1], tok, "p")])
-    assert mixed[0].identity_tnorm == pytest.approx(normed[0].identity_tnorm, rel=1e-3)
+    assert mixed[0].identity_tnorm == pytest.approx(normed[0].identity_tnorm, rel=1e-2)  # float32, batch size
     assert mixed[1].identity_tnorm is None

@@ -31,7 +31,8 @@ SourcePhase = Literal["connecting", "live", "down", "ended", "failed"]
 
 class Message(BaseModel):
     """Base of every wire model: immutable, no unknown keys, every field in the output
-    schema marked required (a field with a default is still always sent)."""
+    schema marked required (a field with a default is still always sent). Fields added
+    later have a default, so that events and alerts stored before read back."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
 
@@ -52,6 +53,11 @@ class AlertSummary(Message):
     peak_distance: float = Field(description="Highest window distance in the episode.")
     mean_distance: float = Field(description="Mean window distance in the episode.")
     n_windows: int = Field(ge=1, description="Scored windows in the episode.")
+    reasons: dict[str, int] = Field(
+        default_factory=dict, description="How many of the episode's windows each term drove (identity, sync, "
+        "fit, face, voice); empty when scored without a decision.")
+    explanation: str = Field("", description="The most frequent driver in an analyst's words, e.g. 'face does "
+                             "not match the enrolled person'; empty when no window had a driver.")
     status: AlertStatus = Field(description="Lifecycle: open -> acknowledged -> closed.")
     acknowledged_by: str | None = Field(description="Who acknowledged it.")
     acknowledged_at: float | None = Field(description="When (epoch seconds).")
@@ -96,6 +102,20 @@ class ScoreData(Message):
     sync: float | None = Field(description="The score's audio-visual sync term.")
     fit: float | None = Field(description="The score's fit term: a raw log error, compare it with the "
                               "profile's fit_mean.")
+    face: float | None = Field(
+        None, description="Face verification: distance of the window's faces to the enrolled face, T-normalised "
+        "against other people's (about 0: as far as a stranger; negative: closer). Null: too few faces sampled, "
+        "no face enrolled, or no decision.")
+    voice: float | None = Field(
+        None, description="Voice verification: distance of the window's voice to the enrolled voice, "
+        "T-normalised like `face`. Null: too little speech, no voice enrolled, or no decision.")
+    terms: dict[str, float] = Field(
+        default_factory=dict, description="Each fused term standardised on genuine footage from other "
+        "recordings (0: typical of genuine; higher: less like the person); empty without a decision.")
+    driver: str | None = Field(None, description="The term with the largest standardised value: what drove the "
+                               "distance. Null when insufficient or scored without a decision.")
+    explanation: str = Field("", description="The driver in an analyst's words, e.g. 'voice does not match the "
+                             "enrolled person'; empty when there is no driver.")
     face_ratio: float = Field(description="Share of the window's frames with a face.")
     speech_ratio: float = Field(description="Share of the window with speech.")
     reason: str = Field(description="Why insufficient, e.g. 'face on 0% of frames (< 60%)'; empty when scored.")

@@ -13,18 +13,23 @@ not be scored and no episode is on).
 An Alert's lifecycle is separate from its episode: the episode ends (``t_end``) when
 the scores clear; the operator acknowledges and closes it (open -> acknowledged ->
 closed, with who, when and why).
+
+Why: each scored window names the term that drove its distance (``Score.driver``, with a
+decision: model/verification.py); an alert counts them over its episode's windows
+(``reasons``) and its ``explanation`` is the most frequent one in an analyst's words.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from expose.monitor.config import AlertSection
 from expose.monitor.model.score import Score
+from expose.monitor.model.verification import explain
 
 StreamState = Literal["authentic", "suspect", "alert", "insufficient"]
 AlertStatus = Literal["open", "acknowledged", "closed"]
@@ -51,6 +56,9 @@ class Alert:
     n_windows: int  # scored windows in the episode
     scores: tuple[tuple[float, float], ...] = field(repr=False)  # (stream t1, distance) evidence
     thumbnail_jpeg: str | None = field(default=None, repr=False)  # base64 JPEG of the face
+    # term -> how many of the episode's scored windows it drove (windows without a driver,
+    # scored without a decision, are not counted)
+    reasons: dict[str, int] = field(default_factory=dict)
     status: AlertStatus = "open"
     acknowledged_by: str | None = None
     acknowledged_at: float | None = None
@@ -68,10 +76,20 @@ class Alert:
     def active(self) -> bool:
         return self.t_end is None
 
+    @property
+    def driver(self) -> str | None:
+        """The term that drove most of the episode's windows (the earliest one on a tie)."""
+        return max(self.reasons, key=self.reasons.__getitem__) if self.reasons else None
+
+    @property
+    def explanation(self) -> str:
+        return explain(self.driver)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scores"] = [list(p) for p in self.scores]
         d["active"] = self.active
+        d["explanation"] = self.explanation
         return d
 
     def summary(self) -> dict[str, Any]:
@@ -84,6 +102,7 @@ class Alert:
     def from_dict(cls, d: dict[str, Any]) -> Alert:
         d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
         d["scores"] = tuple((float(a), float(b)) for a, b in d.get("scores", ()))
+        d["reasons"] = {str(k): int(v) for k, v in (d.get("reasons") or {}).items()}  # none in older alerts
         return cls(**d)
 
 
@@ -137,6 +156,7 @@ class _Mark:
     t1: float
     distance: float
     over: bool  # smoothed distance over the threshold
+    driver: str | None  # the term that drove the window's distance (None: no decision)
 
 
 @dataclass(frozen=True)
@@ -168,13 +188,13 @@ class AlertPolicy:
         smoothed = sum(recent) / len(recent)
         thr = threshold(len(recent)) if callable(threshold) else threshold
         is_over = smoothed > thr
-        marks = (st.window + (_Mark(score.t0, score.t1, score.distance, is_over),))[-s.raise_n:]
+        marks = (st.window + (_Mark(score.t0, score.t1, score.distance, is_over, score.driver),))[-s.raise_n:]
         under_run = 0 if is_over else st.under_run + 1
         point = (score.t1, score.distance)
         base = replace(st, recent=recent, window=marks, under_run=under_run, insufficient_run=0)
         alert = st.alert
         if alert is not None:
-            alert = _extend(alert, point)
+            alert = _extend(alert, point, score.driver)
             if under_run >= s.clear_m:
                 ended = replace(alert, t_end=score.t1, ended_at=now)
                 return PolicyStep(replace(base, state="authentic", alert=None, window=()), smoothed, ended, "ended")
@@ -188,6 +208,7 @@ class AlertPolicy:
                 t_start=ep[0].t0, t_end=None, ended_at=None, peak_distance=max(dists),
                 mean_distance=sum(dists) / len(dists), n_windows=len(dists),
                 scores=tuple((m.t1, m.distance) for m in ep), thumbnail_jpeg=thumbnail(),
+                reasons=_count(m.driver for m in ep),
             )
             return PolicyStep(replace(base, state="alert", alert=opened), smoothed, opened, "opened")
         return PolicyStep(replace(base, state="suspect" if is_over else "authentic"), smoothed)
@@ -204,10 +225,19 @@ class AlertPolicy:
         return PolicyStep(replace(st, state="insufficient", insufficient_run=run), None)
 
 
-def _extend(alert: Alert, point: tuple[float, float]) -> Alert:
+def _count(drivers: Iterable[str | None]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in drivers:
+        if d is not None:
+            out[d] = out.get(d, 0) + 1
+    return out
+
+
+def _extend(alert: Alert, point: tuple[float, float], driver: str | None) -> Alert:
     n = alert.n_windows + 1
+    reasons = alert.reasons if driver is None else {**alert.reasons, driver: alert.reasons.get(driver, 0) + 1}
     return replace(
         alert, scores=(alert.scores + (point,))[-MAX_EVIDENCE:], n_windows=n,
         peak_distance=max(alert.peak_distance, point[1]),
-        mean_distance=alert.mean_distance + (point[1] - alert.mean_distance) / n,
+        mean_distance=alert.mean_distance + (point[1] - alert.mean_distance) / n, reasons=reasons,
     )

@@ -187,7 +187,7 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
             except ProfileError as err:  # one unreadable profile must not hide the others
                 rows.append(ProfileUnreadable(name=n, error=str(err)))
                 continue
-            rows.append(ProfileInfo.of(p, monitor.base_sha256))
+            rows.append(ProfileInfo.of(p, monitor.base_sha256, monitor.decision_sha256))
         return rows
 
     @api.get("/alerts", tags=["alerts"])

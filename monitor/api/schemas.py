@@ -112,13 +112,18 @@ class ProfileInfo(Message):
     threshold: float = Field(description="Single-window distance threshold from its calibration.")
     references: int = Field(description="Reference clips it was enrolled from.")
     base_model: str = Field(description="First 12 hex digits of the base model's SHA-256 it was enrolled with.")
-    compatible: bool = Field(description="Enrolled with the model this monitor runs (else it cannot be claimed).")
+    compatible: bool = Field(description="Enrolled with the model and decision this monitor runs (else it "
+                             "cannot be claimed).")
+    face_references: int = Field(description="Enrolled face descriptors (0: no face term).")
+    voice_references: int = Field(description="Enrolled voice embeddings (0: no voice term).")
 
     @classmethod
-    def of(cls, profile: Profile, base_sha256: str) -> ProfileInfo:
+    def of(cls, profile: Profile, base_sha256: str, decision_sha256: str | None = None) -> ProfileInfo:
         return cls(name=profile.name, created=profile.created, threshold=profile.calibration.threshold,
                    references=len(profile.references), base_model=profile.base_model_sha256[:12],
-                   compatible=profile.base_model_sha256 == base_sha256)
+                   compatible=profile.base_model_sha256 == base_sha256
+                   and profile.decision_sha256 == decision_sha256,
+                   face_references=len(profile.identity.face), voice_references=len(profile.identity.voice))
 
 
 class ProfileUnreadable(Message):

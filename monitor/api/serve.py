@@ -69,8 +69,8 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     from expose.monitor.model.exam import pick_device
 
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
-    base = load_model(model_path if model_path is not None else cfg.model.path)
-    scorer = Scorer(base.model, base.weights.settings(), device=pick_device(cfg.model.device))
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    scorer = Scorer.of(base, pick_device(cfg.model.device))
     profiles = ProfileStore(profiles_dir or cfg.profiles_dir)
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)

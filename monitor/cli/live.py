@@ -101,12 +101,15 @@ class _TerminalView:
                 line = (f"{d['t0']:7.2f}-{d['t1']:7.2f} s  distance {d['distance']:+.4f}  smoothed "
                         f"{d['smoothed']:+.4f} {'>' if over else '<='} {thr:.4f}  [{colour}]{d['state'].upper()}[/]"
                         f"  [dim]({d['latency_s'] * 1000:.0f} ms)[/]")
+                if d["state"] in ("suspect", "alert") and d["explanation"]:
+                    line += f"  {escape(d['explanation'])}"
             out.print(line, highlight=False)
         elif event.type == "alert" and d["action"] != "updated":  # the score lines show an episode going on
             a = d["alert"]
             out.print(f"[bold red]ALERT {d['action']}[/] {a['id']} stream {escape(a['stream'])} as "
                       f"{escape(a['profile'])}: peak {a['peak_distance']:+.4f}, mean {a['mean_distance']:+.4f} "
-                      f"over {a['n_windows']} windows", highlight=False)
+                      f"over {a['n_windows']} windows" + (f": {escape(a['explanation'])}" if a["explanation"] else ""),
+                      highlight=False)
         elif event.type == "stream" and d.get("action") == "phase":
             out.print(f"[dim]stream {escape(event.stream or '')}: {d['phase']} {escape(d.get('reason', ''))}[/]")
 

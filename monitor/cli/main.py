@@ -7,11 +7,12 @@ user (ExposeError) are printed as one line on stderr with a non-zero exit status
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -25,6 +26,9 @@ from expose.monitor.features.face_model import resolve_face_model
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.media.reader import MediaReader, is_network_url
+
+if TYPE_CHECKING:
+    from expose.monitor.model.score import Score
 
 
 def _feature_cache(cfg: Config) -> FeatureCache:
@@ -198,7 +202,7 @@ def train(
 def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def]
     from expose.monitor.model.exam import load_model
 
-    return load_model(model if model is not None else cfg.model.path)
+    return load_model(model if model is not None else cfg.model.path, cfg.model.decision)
 
 
 def _track_reference(cache: FeatureCache, path: Path):  # type: ignore[no-untyped-def]
@@ -256,6 +260,15 @@ def enroll(
     print(f"calibration: {c.n_windows} {kind} windows, distance mean {c.mean:.4f} sd {c.std:.4f}; thresholds "
           f"{c.threshold:.4f} for one window, {c.alert_threshold(n):.4f} for the mean of {n} (live policy), "
           f"target false-alarm rate {c.target_far:g}")
+    faces, voices = len(profile.identity.face), len(profile.identity.voice)
+    print(f"identity: {faces} face descriptors, {voices} voice embeddings enrolled; decision: "
+          f"{base.decision.path.name if base.decision and base.decision.path else 'none (motion distance only)'}")
+    if base.decision is not None and not faces:
+        err_console.print("[yellow]warning[/]: no face descriptor in the reference: the face term is off for this "
+                          "profile")
+    if base.decision is not None and not voices:
+        err_console.print("[yellow]warning[/]: too little speech in the reference for a voice embedding: the voice "
+                          "term is off for this profile")
     if short:
         # measured on dev: profiles calibrated on their own 6 s alerted on 4 of 7 genuine clips
         err_console.print("[yellow]warning[/]: the reference is too short to hold out calibration windows; the "
@@ -305,8 +318,9 @@ def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = N
     from expose.profiles.store import ProfileStore
 
     p = ProfileStore(profiles or load_cli_config(config).profiles_dir).load(name)
-    meta = {k: v for k, v in asdict(p).items() if k != "tokens"}
+    meta = {k: v for k, v in asdict(p).items() if k not in ("tokens", "identity")}
     meta["tokens_shape"] = list(p.tokens.shape)
+    meta["face_references"], meta["voice_references"] = len(p.identity.face), len(p.identity.voice)
     print(json.dumps(meta, indent=2))
 
 
@@ -331,9 +345,9 @@ def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, nam
     loaded = {}
     for n in sorted(names):
         p = store.load(n)
-        p.check_base(base.sha256)
+        p.check_base(base.sha256, base.decision.sha256 if base.decision else None)
         loaded[n] = p
-    scorer = Scorer(base.model, base.weights.settings(), device=pick_device(cfg.model.device))
+    scorer = Scorer.of(base, pick_device(cfg.model.device))
     return scorer, loaded
 
 
@@ -360,12 +374,15 @@ def score(
     policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
     res = score_track(track, profile, scorer, hop=max(1, int(round(hop * FPS))), policy=policy)
     thr = profile.calibration.threshold
+    reason = _main_reason(res.scores, thr)
     if as_json:
         print(json.dumps({
             "media": str(media), "claimed": claimed, "threshold": thr, "verdict": res.verdict,
             "alert_at": res.alert_at, "clip_score": res.clip_score, "over_threshold": res.over_threshold,
+            "reason": reason,
             "windows": [asdict(s) | {"z": profile.normalized(s.distance) if s.distance is not None else None,
-                                     "state": st} for s, st in zip(res.scores, res.states, strict=True)],
+                                     "state": st, "explanation": s.explanation}
+                        for s, st in zip(res.scores, res.states, strict=True)],
         }))
         return
     print(f"{media} as {claimed!r}: {len(res.scores)} windows, one-window threshold {thr:.4f}")
@@ -375,14 +392,37 @@ def score(
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  insufficient: {s.reason}")
         else:
             flag = "OVER" if s.distance > thr else "    "
+            driver = f"  driver {s.driver}" if s.driver else ""
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
                   f"(identity {s.identity - cal.identity_mean:+.4f}, sync {s.sync:+.4f}, "
-                  f"fit {s.fit - cal.fit_mean:+.4f})  {st}")
+                  f"fit {s.fit - cal.fit_mean:+.4f}, face {_term(s.face)}, voice {_term(s.voice)})  {st}{driver}")
     print(f"timeline  [{timeline(res)}]  ('.' authentic, '~' suspect, '!' alert, '?' insufficient)")
     cs = "n/a" if res.clip_score is None else f"{res.clip_score:+.2f}"
     when = f"alert at {res.alert_at:.1f} s" if res.alert_at is not None else "no alert"
     print(f"verdict: {res.verdict.upper()}  ({when} under the live policy; clip score {cs}, "
           f"{100 * res.over_threshold:.0f}% of windows over the one-window threshold)")
+    if reason is not None:
+        print(f"main reason: {reason['explanation']}  ({reason['driver']} drove {reason['windows']} of the "
+              f"{reason['over']} windows over the threshold)")
+
+
+def _term(v: float | None) -> str:
+    """A face / voice term (T-normalised: about 0 for a stranger), or n/a when not measured."""
+    return "  n/a" if v is None else f"{v:+5.1f}"
+
+
+def _main_reason(scores: list[Score], threshold: float) -> dict[str, Any] | None:
+    """The term that drove most of the windows over the one-window threshold, in an analyst's
+    words (the earliest on a tie); None when no such window has a driver (none over the
+    threshold, or scored without a decision)."""
+    from expose.monitor.model.verification import explain
+
+    over = [s for s in scores if s.distance is not None and s.distance > threshold]
+    counts = collections.Counter(s.driver for s in over if s.driver is not None)
+    if not counts:
+        return None
+    driver, n = counts.most_common(1)[0]
+    return {"driver": driver, "explanation": explain(driver), "windows": n, "over": len(over)}
 
 
 @app.command(name="eval")

@@ -17,7 +17,7 @@ from expose.monitor.alerts.policy import AlertPolicy, PolicyState, StreamState
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import windows_of
 from expose.monitor.model.score import Score
-from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, requests_for
+from expose.monitor.model.scorer import DEFAULT_HOP, Scorer
 from expose.profiles.store import Profile
 
 
@@ -47,7 +47,7 @@ def score_track(track: FeatureTrack, profile: Profile, scorer: Scorer, hop: int 
     """Score every window, then replay the live AlertPolicy (the default one unless given) over
     them with the profile's thresholds, so a file gets the verdict a live stream would."""
     windows = windows_of(track, scorer.model.cfg.window, hop)
-    scores = scorer.score_batched(requests_for(windows, profile.tokens, profile.name), batch)
+    scores = scorer.score_batched(profile.requests(windows, scorer), batch)
     dists = [s.distance for s in scores if s.distance is not None]
     over = float(np.mean([d > profile.calibration.threshold for d in dists])) if dists else 0.0
     policy = policy or AlertPolicy()

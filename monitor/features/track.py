@@ -146,6 +146,24 @@ class FeatureTrack:
             voice_ids=self.voice_ids[voice], voice_id_ticks=self.voice_id_ticks[voice] - start,
             source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
 
+    def thin_face_ids(self, every: int) -> FeatureTrack:
+        """Only the face descriptors on ticks that are multiples of ``every``: what extraction at
+        ``face_id_every = every`` gives when this track was extracted at a divisor of it (the
+        descriptor of a tick depends on that tick's frame alone). Call it before ``segment``."""
+        keep = self.face_id_ticks % every == 0
+        return dataclasses.replace(self, face_ids=self.face_ids[keep], face_id_ticks=self.face_id_ticks[keep])
+
+    def with_audio_of(self, donor: FeatureTrack) -> FeatureTrack:
+        """This track's video with ``donor``'s audio (same length, same timeline): the audio
+        rows and the voice embeddings, which are computed from the audio alone, so this is what
+        re-muxing the two files and extracting would give (evaluation attacks: dubs, desyncs)."""
+        if len(donor) != len(self):
+            raise ValueError(f"donor has {len(donor)} rows, the track {len(self)}")
+        return dataclasses.replace(self, mel=donor.mel, speech=donor.speech, phones=donor.phones,
+                                   has_audio=donor.has_audio, voice_ids=donor.voice_ids,
+                                   voice_id_ticks=donor.voice_id_ticks,
+                                   source=f"{self.source}+audio:{donor.source}")
+
     def save(self, path: Path) -> None:
         meta = {
             "format_version": FORMAT_VERSION,

@@ -41,6 +41,7 @@ from expose.monitor.alerts.policy import acknowledge as ack_alert
 from expose.monitor.alerts.policy import close as close_alert
 from expose.monitor.config import Config, StreamConfig
 from expose.monitor.errors import ExposeError
+from expose.monitor.features.identity import IdentityEmbedders
 from expose.monitor.features.stream import LiveFeatureSettings
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
@@ -99,12 +100,18 @@ class LiveMonitor:
         self.cfg = cfg
         self.scorer = scorer
         self.base_sha256 = base_model_sha256
+        self.decision_sha256 = scorer.decision.sha256 if scorer.decision is not None else None
         self.face_model = face_model
         self.profiles = profiles
         self.store = store
         self.sinks = sinks
         self.policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
         live = cfg.live
+        # The face and voice terms read the windows' face descriptors and voice embeddings; they
+        # are only computed with a decision: without one the score is the motion distance alone.
+        self.identity = scorer.decision is not None
+        if self.identity:  # missing embedder files are an error at start, not one per stream
+            IdentityEmbedders.from_config(cfg.features)
         self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
                                             audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
         self.loop = ScoringLoop(scorer, self._on_scores, max_batch=live.max_batch, linger_s=live.batch_linger_s)
@@ -174,7 +181,7 @@ class LiveMonitor:
         p = self._profiles.get(name)
         if p is None:
             p = self.profiles.load(name)
-            p.check_base(self.base_sha256)
+            p.check_base(self.base_sha256, self.decision_sha256)
             self._profiles[name] = p
         return p
 
@@ -245,7 +252,7 @@ class LiveMonitor:
                 watchdog: wd.WatchdogSettings) -> StreamRunner:
         return StreamRunner(name, kind, open_source, face_model=self.face_model,  # type: ignore[arg-type]
                             features=self.cfg.features, live=self.features, watchdog=watchdog,
-                            on_window=self._on_window, on_phase=self._on_phase, url=url)
+                            on_window=self._on_window, on_phase=self._on_phase, url=url, identity=self.identity)
 
     def _start_runner(self, entry: _Stream, runner: StreamRunner) -> None:
         entry.runner = runner
@@ -349,7 +356,8 @@ class LiveMonitor:
                 # the threshold the smoothed distance was compared with
                 threshold=calib.alert_threshold(len(step.state.recent)) if calib else None,
                 z=prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
-                identity=s.identity, sync=s.sync, fit=s.fit,
+                identity=s.identity, sync=s.sync, fit=s.fit, face=s.face, voice=s.voice,
+                terms=dict(s.terms), driver=s.driver, explanation=s.explanation,
                 face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
                 reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),
                 alert_id=step.state.alert.id if step.state.alert is not None else None,

@@ -6,6 +6,12 @@ behind, the source's bounded queue drops the oldest video frames and counts them
 source that ends or stalls is stopped and reopened with backoff (``monitor.watchdog``);
 after a reconnect the stream clock goes on (windows carry stream seconds, not the new
 connection's media seconds).
+
+With ``identity`` the featurizer also puts face descriptors and voice embeddings in the
+windows (``features.identity``: the same rules, so the same vectors, as offline extraction).
+The embedders are built once per runner on its feature thread and kept across reconnects:
+they are not thread-safe, so each stream has its own (~0.3 s to build once dlib and torch are
+imported).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import ExposeError
 from expose.monitor.features.expressions import ExpressionExtractor
+from expose.monitor.features.identity import IdentityEmbedders
 from expose.monitor.features.stream import LiveFeatureSettings, StreamFeaturizer
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
@@ -91,7 +98,10 @@ class StreamRunner:
         on_phase: Callable[[StreamRunner], None] | None = None,
         url: str | None = None,
         tick_s: float = 0.5,
+        identity: bool = False,
     ) -> None:
+        """``identity``: compute the face descriptors and voice embeddings that ``features``
+        configures (the face and voice terms need them)."""
         self.name = name
         self.kind = kind
         self.url = url
@@ -103,6 +113,7 @@ class StreamRunner:
         self._on_window = on_window
         self._on_phase = on_phase
         self._tick = tick_s
+        self._identity = identity
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"features:{name}")
         self._started = time.monotonic()
         self.state = wd.start(self._started)
@@ -165,14 +176,16 @@ class StreamRunner:
         extractor = await loop.run_in_executor(
             self._pool, lambda: ExpressionExtractor(self._face_model, cfg.num_faces, cfg.min_face_confidence))
         try:
-            await self._supervise(extractor)
+            identity = (await loop.run_in_executor(self._pool, IdentityEmbedders.from_config, cfg)
+                        if self._identity else None)
+            await self._supervise(extractor, identity)
         finally:
             if self._source is not None:
                 self._source.stop()
             await loop.run_in_executor(self._pool, extractor.close)
             self._pool.shutdown(wait=False)
 
-    async def _supervise(self, extractor: ExpressionExtractor) -> None:
+    async def _supervise(self, extractor: ExpressionExtractor, identity: IdentityEmbedders | None) -> None:
         s = self._wd_settings
         while not self._stopping:
             source = self._open_source()
@@ -180,7 +193,7 @@ class StreamRunner:
             # the stream clock goes on across reconnects: wall time since start, or further
             # if a fast (file) source got ahead of it
             offset = 0.0 if self._featurizer is None else max(self._media_end, time.monotonic() - self._started)
-            feat = StreamFeaturizer(self.name, extractor, self._live, time_offset=offset)
+            feat = StreamFeaturizer(self.name, extractor, self._live, time_offset=offset, identity=identity)
             self._featurizer = feat
             task: asyncio.Task[None] | None = asyncio.create_task(self._consume(source, feat),
                                                                   name=f"consume:{self.name}")

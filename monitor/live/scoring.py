@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from expose.monitor.features.windows import Window
 from expose.monitor.model.score import Score
-from expose.monitor.model.scorer import Scorer, ScoreRequest
+from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class ScoringLoop:
         await self._on_scores(results)
 
     def _score(self, batch: list[QueuedWindow]) -> list[Score]:
-        claimed = {i: ScoreRequest(r.window, r.profile.tokens, r.profile.name)
+        claimed = {i: r.profile.requests([r.window], self.scorer)[0]
                    for i, r in enumerate(batch) if r.profile is not None}
         out: dict[int, Score] = {}
         if claimed:

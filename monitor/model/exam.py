@@ -25,20 +25,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from expose.monitor.errors import ExposeError
+from expose.monitor.errors import ExposeError, ModelFileError
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import EXPRESSION_DIM, MOUTH_CHANNELS
 from expose.monitor.features.windows import AUDIO_DIM
 from expose.monitor.model.diffusion import add_noise, timestep_embedding
 from expose.monitor.model.score import FusionWeights
+from expose.monitor.model.verification import Decision, resolve_decision
 
 CHECKPOINT_FORMAT = "expose-exam-1"
 N_MEL_FEATURES = MELS_PER_FRAME * N_MELS
 EXPR_CLAMP = 8.0
-
-
-class ModelFileError(ExposeError):
-    """A model file is missing, unreadable or not an EXAM checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -192,9 +189,13 @@ class LoadedModel:
     sha256: str
     path: Path
     weights: FusionWeights = field(default_factory=FusionWeights)  # meta["score_weights"], validated
+    decision: Decision | None = None  # the fused decision made for this checkpoint (model/verification.py)
 
 
-def load_model(path: Path) -> LoadedModel:
+def load_model(path: Path, decision: str | Path = "none") -> LoadedModel:
+    """Read a checkpoint and its decision file: ``auto`` takes the shipped decision when it
+    was made for this checkpoint (else none: the legacy motion distance), ``none`` takes
+    none, a path takes that file and fails when it was made for another checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -219,7 +220,8 @@ def load_model(path: Path) -> LoadedModel:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
-    return LoadedModel(model, meta, file_digest(path), path, weights)
+    digest = file_digest(path)
+    return LoadedModel(model, meta, digest, path, weights, resolve_decision(decision, digest))
 
 
 def pick_device(name: str) -> torch.device:

@@ -6,7 +6,7 @@ without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,7 @@ class ScoreSettings:
     draws: int = 4
     seed: int = 1234
     audio_shift_s: float = 1.0  # the "out of sync" branch hears the audio this much later
+    cohort_draws: int = 1  # noise draws (of ``draws``, at every time) the cohort branches are run on
     min_face: float = 0.6
     min_speech: float = 0.2
     w_identity: float = 1.0
@@ -47,12 +48,29 @@ class Score:
     err_subject: float | None = None
     err_null: float | None = None
     reason: str = ""
+    # Face and voice verification (model/verification.py): T-normalised distances to the
+    # enrolled references, and the raw ones; None: not enough faces / speech in the window
+    face: float | None = None
+    voice: float | None = None
+    face_raw: float | None = None
+    voice_raw: float | None = None
+    # With a decision (model/verification.py): each fused term standardised on genuine
+    # cross-recording validation windows, and the one that drove the distance
+    terms: dict[str, float] = field(default_factory=dict)
+    driver: str | None = None
 
     def __post_init__(self) -> None:
         if self.status == "scored" and self.distance is None:
             raise ValueError("a scored window needs a distance")
         if self.status == "insufficient" and self.distance is not None:
             raise ValueError("an insufficient window must not carry a distance")
+
+    @property
+    def explanation(self) -> str:
+        """What drove the distance, in an analyst's words ("" when not scored or no decision)."""
+        from expose.monitor.model.verification import explain  # torch-free, but imports features
+
+        return explain(self.driver) if self.status == "scored" else ""
 
 
 class FusionWeights(BaseModel):

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from live_support import SPEECH_CLIP, TOKEN, collect_events, live_config, running_server
 
+from expose.monitor.config import STARTER_MODEL
+from expose.monitor.model.verification import EXPLANATIONS
+
 if TYPE_CHECKING:
+    from conftest import Explained
+
     from tests.conftest import Clip
 
 
@@ -77,14 +82,17 @@ def _count(text: str, label: str) -> int:
     return int(m.group(1))
 
 
+EXPLAINED = re.compile("|".join(map(re.escape, EXPLANATIONS.values())))
+
+
 def test_dashboard_tile_chart_alert_and_acknowledge(
-        browser: Browser, tiny_model: Path, profiles_dir: Path, clip: Clip, tmp_path: Path) -> None:
-    # The test model is untrained, so its distances say nothing about the person; the
-    # "always" profile's threshold (-1e9) puts every scored window over it, which forces
-    # the alert path (as in test_live_server.py).
-    cfg = live_config(tmp_path, streams=[
+        browser: Browser, explained: Explained, clip: Clip, tmp_path: Path) -> None:
+    # The starter model with a made-up decision (conftest), so the scores have drivers and
+    # explanations; the "always" profile's threshold (-1e9) puts every scored window over it,
+    # which forces the alert path (as in test_live_server.py).
+    cfg = live_config(tmp_path, model={"decision": str(explained.decision)}, streams=[
         {"name": "cam1", "url": str(clip(SPEECH_CLIP)), "profile": "always", "loop": True}])
-    with running_server(cfg, tiny_model, profiles_dir) as srv, browser() as ctx:
+    with running_server(cfg, STARTER_MODEL, explained.profiles) as srv, browser() as ctx:
         page = ctx.new_page()
         prompts: list[str] = []
 
@@ -115,6 +123,7 @@ def test_dashboard_tile_chart_alert_and_acknowledge(
 
         # the alert appears in the list (filter: open) and the tile shows the alert state
         expect(tile).to_have_class(re.compile(r"\balert\b"))
+        expect(tile.locator(".why")).to_have_text(EXPLAINED)  # why the stream is in alert
         row = page.locator("#alerts tbody tr[data-alert]").first
         expect(row).to_be_visible()
         alert_id = row.get_attribute("data-alert")
@@ -124,6 +133,7 @@ def test_dashboard_tile_chart_alert_and_acknowledge(
         expect(row.locator("td").nth(3)).to_have_text("always")
         expect(row.locator(".status")).to_have_text("open")
         expect(row.locator("img")).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,/9j/"))
+        expect(row.locator(".why")).to_have_text(EXPLAINED)
 
         row.locator("button.ack").click()
         expect(row).to_have_count(0)  # acknowledged: no longer among the open ones
@@ -133,6 +143,7 @@ def test_dashboard_tile_chart_alert_and_acknowledge(
             acked = http.get(f"/api/alerts/{alert_id}").json()
         assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == "analyst-b"
         assert acked["acknowledged_at"] is not None
+        assert acked["explanation"] in EXPLANATIONS.values() and sum(acked["reasons"].values()) == acked["n_windows"]
 
         page.select_option("#alert-filter", "acknowledged")
         expect(row.locator(".status")).to_have_text("ack by analyst-b")

@@ -31,24 +31,16 @@ from live_support import (
 from media_factory import dub_remux
 
 from expose.monitor.config import STARTER_MODEL, AlertSection, Config
-from expose.monitor.model.exam import load_model
-from expose.profiles.enroll import enroll
-from expose.profiles.store import ProfileStore, Reference
 
 if TYPE_CHECKING:
-    from tests.conftest import Clip, Extract
+    from tests.conftest import Clip
 
 pytestmark = pytest.mark.timeout(400)
 
 
 @pytest.fixture(scope="module")
-def trump_profiles(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Clip) -> Path:
-    root = tmp_path_factory.mktemp("starter-profiles")
-    path = clip("real/trump/speech_01.mp4")
-    track = extract(path)
-    ref = Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
-    ProfileStore(root).save(enroll("trump", load_model(STARTER_MODEL), [(track, ref)]))
-    return root
+def trump_profiles(starter_trump: Path) -> Path:
+    return starter_trump  # trump enrolled from speech_01.mp4 (conftest), shared with test_live_verification
 
 
 @pytest.fixture(scope="module")

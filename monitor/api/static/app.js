@@ -1,6 +1,7 @@
-// expose dashboard: one tile per stream (state, smoothed-distance chart vs threshold, health),
-// the alert list with acknowledge / close. Live data from /ws (resumes with ?since=SEQ after a
-// reconnect); health and alerts from the REST API. No build step, no dependencies.
+// expose dashboard: one tile per stream (state, smoothed-distance chart vs threshold, why it is
+// suspect, health), the alert list with its explanation and acknowledge / close. Live data from
+// /ws (resumes with ?since=SEQ after a reconnect); health and alerts from the REST API. No build
+// step, no dependencies.
 "use strict";
 
 const POINTS = 120;  // windows kept per chart (2 min at one window per second)
@@ -42,12 +43,12 @@ function tile(name) {
   el.dataset.stream = name;
   el.innerHTML = `<div class="head"><span><span class="name"></span> <span class="claimed"></span></span>
     <span class="state insufficient">insufficient</span></div>
-    <canvas width="680" height="240"></canvas><div class="reason"></div><div class="health"></div>`;
+    <canvas width="680" height="240"></canvas><div class="why"></div><div class="reason"></div><div class="health"></div>`;
   el.querySelector(".name").textContent = name;
   const tiles = document.getElementById("tiles");
   tiles.querySelector(".empty")?.remove();
   tiles.appendChild(el);
-  s = { el, points: [], threshold: null };
+  s = { el, points: [], threshold: null, why: "" };
   state.streams.set(name, s);
   return s;
 }
@@ -66,6 +67,8 @@ function onScore(m) {
   if (m.threshold !== null) s.threshold = m.threshold;
   if (m.profile) s.el.querySelector(".claimed").textContent = `as ${m.profile}`;
   setState(s, m.state);
+  if (m.status === "scored") s.why = m.explanation || "";  // an insufficient window keeps the last one
+  s.el.querySelector(".why").textContent = m.state === "suspect" || m.state === "alert" ? s.why : "";
   s.el.querySelector(".reason").textContent = m.distance === null ? m.reason
     : `distance ${m.distance.toFixed(3)} (z ${m.z === null ? "-" : m.z.toFixed(1)}), latency ${(m.latency_s * 1000).toFixed(0)} ms`;
   draw(s);
@@ -148,7 +151,7 @@ async function refreshAlerts() {
   const body = document.querySelector("#alerts tbody");
   body.innerHTML = "";
   if (!alerts.length) {
-    body.innerHTML = `<tr><td colspan="8" class="empty">no ${status || ""} alert</td></tr>`;
+    body.innerHTML = `<tr><td colspan="9" class="empty">no ${status || ""} alert</td></tr>`;
     return;
   }
   for (const a of alerts) {
@@ -158,10 +161,11 @@ async function refreshAlerts() {
     const img = a.thumbnail_jpeg ? `<img alt="face" src="data:image/jpeg;base64,${a.thumbnail_jpeg}">` : "";
     const ep = `${a.t_start.toFixed(1)}–${a.t_end === null ? "now" : a.t_end.toFixed(1)} s`;
     tr.innerHTML = `<td>${img}</td><td>${new Date(a.opened_at * 1000).toLocaleTimeString()}</td><td></td><td></td>
-      <td>${a.peak_distance.toFixed(3)} / ${a.mean_distance.toFixed(3)}</td><td>${ep}${a.active ? " (active)" : ""}</td>
+      <td>${a.peak_distance.toFixed(3)} / ${a.mean_distance.toFixed(3)}</td><td class="why"></td><td>${ep}${a.active ? " (active)" : ""}</td>
       <td class="status"></td><td class="actions"></td>`;
     tr.children[2].textContent = a.stream;
     tr.children[3].textContent = a.profile;
+    tr.querySelector(".why").textContent = a.explanation;
     tr.querySelector(".status").textContent = a.status === "open" ? "open"
       : a.status === "acknowledged" ? `ack by ${a.acknowledged_by}` : `closed by ${a.closed_by}: ${a.close_reason}`;
     const acts = tr.querySelector(".actions");
@@ -171,10 +175,11 @@ async function refreshAlerts() {
   }
 }
 
-function updateAlertRow(a) {  // per-window update of an active alert: peak / mean only
+function updateAlertRow(a) {  // per-window update of an active alert: peak / mean and why
   const tr = document.querySelector(`#alerts tr[data-alert="${a.id}"]`);
   if (!tr) { refreshAlerts(); return; }
   tr.children[4].textContent = `${a.peak_distance.toFixed(3)} / ${a.mean_distance.toFixed(3)}`;
+  tr.querySelector(".why").textContent = a.explanation;
 }
 
 function button(label, cls, fn) {

@@ -1,0 +1,226 @@
+"""Face and voice verification terms, cohort normalisation, and the one fused decision.
+
+Torch-free: the alert policy, the store and the exporters read what this module names.
+
+Terms (each in the Score, higher = less like the claimed person):
+- ``identity``: the motion model's identity term, T-normalised against the base model's
+  nearest training-identity token sets (``Score.identity_tnorm``, model/scorer.py);
+- ``sync``: mouth against the audio (model/scorer.py), natural zero, no cohort;
+- ``face``: distance of the window's face descriptors to the enrolled references' mean,
+  T-normalised against a cohort of other people's descriptor means;
+- ``voice``: cosine distance of the window's voice embedding to the enrolled voice,
+  T-normalised against a cohort of other people's voices.
+
+T-norm (as in speaker verification): ``(d(x, ref) - mean_c d(x, c)) / sd_c d(x, c)`` over
+the cohort members c. Genuine footage from a new recording is far from everyone, the
+enrolled person included; relative to the cohort it stays near the person.
+
+Fusion: every term is standardised by its mean and spread on genuine *cross-recording*
+validation windows (another recording than the one enrolled), then combined by a rule
+(``max`` or ``mean``) chosen on validation attacks (bench/fit_decision.py); the term with
+the largest standardised value is the window's ``driver`` and names the explanation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from expose.monitor.errors import ModelFileError
+from expose.monitor.features.windows import Window
+
+TERMS = ("identity", "sync", "fit", "face", "voice")
+Term = Literal["identity", "sync", "fit", "face", "voice"]
+DECISION_FORMAT = "expose-decision-1"
+STARTER_DECISION = Path(__file__).resolve().parents[1] / "assets" / "decision-small.safetensors"
+
+# what an analyst reads when a term drives a window (and an alert) over the threshold
+EXPLANATIONS: dict[str, str] = {
+    "identity": "moves unlike this person",
+    "sync": "mouth does not follow the audio",
+    "fit": "mouth moves unlike anyone the model knows",
+    "face": "face does not match the enrolled person",
+    "voice": "voice does not match the enrolled person",
+}
+
+
+def explain(driver: str | None) -> str:
+    return EXPLANATIONS.get(driver or "", "")
+
+
+@dataclass(frozen=True)
+class IdentityReferences:
+    """A profile's enrolled face descriptors (M, 128) and voice embeddings (V, 256); either may
+    be empty (no faces sampled, too little speech at enrollment): that term is then not used."""
+
+    face: np.ndarray = field(repr=False)
+    voice: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.face.ndim != 2 or self.voice.ndim != 2:
+            raise ValueError("face and voice references must be (N, D)")
+        if not (np.isfinite(self.face).all() and np.isfinite(self.voice).all()):
+            raise ValueError("references must be finite")
+
+    @property
+    def face_centroid(self) -> np.ndarray | None:
+        return self.face.astype(np.float64).mean(axis=0) if len(self.face) else None
+
+    @property
+    def voice_centroid(self) -> np.ndarray | None:
+        return _unit(self.voice.astype(np.float64).mean(axis=0)) if len(self.voice) else None
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+@dataclass(frozen=True)
+class VerificationTerm:
+    raw: float  # distance to the enrolled reference
+    tnorm: float  # the same relative to the cohort
+
+
+def _tnorm(raw: float, cohort: np.ndarray) -> float:
+    return float((raw - cohort.mean()) / max(float(cohort.std()), 1e-4))
+
+
+def face_term(window: Window, refs: IdentityReferences, cohort: np.ndarray, min_faces: int = 2,
+              ) -> VerificationTerm | None:
+    """Mean L2 distance of the window's face descriptors to the references' mean, and its
+    T-norm against the cohort's means (C, 128). None: fewer than ``min_faces`` faces."""
+    centre = refs.face_centroid
+    if centre is None or len(window.face_ids) < max(min_faces, 1):
+        return None
+    x = window.face_ids.astype(np.float64)
+    raw = float(np.linalg.norm(x - centre, axis=1).mean())
+    others = np.linalg.norm(x[:, None, :] - cohort.astype(np.float64)[None], axis=2).mean(axis=0)  # (C,)
+    return VerificationTerm(raw, _tnorm(raw, others))
+
+
+def voice_term(window: Window, refs: IdentityReferences, cohort: np.ndarray) -> VerificationTerm | None:
+    """Cosine distance of the window's voice embedding to the enrolled voice, and its T-norm
+    against the cohort's voices (C, 256). None: too little speech, or no voice enrolled."""
+    centre = refs.voice_centroid
+    if centre is None or not window.has_voice_id:
+        return None
+    assert window.voice_id is not None
+    v = _unit(window.voice_id.astype(np.float64))
+    raw = 1.0 - float(v @ centre)
+    others = 1.0 - np.array([_unit(c) for c in cohort.astype(np.float64)]) @ v
+    return VerificationTerm(raw, _tnorm(raw, others))
+
+
+class TermStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mean: float
+    sd: float = Field(gt=0)
+
+
+class DecisionSpec(BaseModel):
+    """How the terms become one distance; stored as JSON in the decision file's header."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model_sha256: str = Field(description="The EXAM checkpoint the motion statistics were measured with.")
+    motion_cohort: int = Field(ge=2, description="Nearest training-identity token sets the identity term is "
+                               "T-normalised against.")
+    min_faces: int = Field(2, ge=1, description="Face descriptors a window needs for a face term.")
+    rule: Literal["max", "mean"] = Field(description="How the standardised terms are combined.")
+    terms: dict[Term, TermStats] = Field(description="The fused terms and their genuine cross-recording "
+                                         "mean and spread (validation).")
+    genuine_mean: float = Field(description="Fused distance on genuine cross-recording validation windows.")
+    genuine_std: float = Field(gt=0, description="Its spread.")
+    smoothing_sd_ratio: list[float] = Field(description="sd(mean of n consecutive windows) / sd(one), n = 1, 2, ...")
+    cohort_identities: list[str] = Field(description="Corpus identities whose face and voice form the cohort.")
+    validation: dict[str, object] = Field(default_factory=dict, description="What the choice was measured on.")
+
+
+@dataclass(frozen=True)
+class Fused:
+    distance: float
+    z: dict[str, float]  # each used term, standardised
+    driver: str  # the term with the largest standardised value
+
+
+@dataclass(frozen=True)
+class Decision:
+    spec: DecisionSpec
+    face_cohort: np.ndarray = field(repr=False)  # (C, 128) descriptor means of cohort identities
+    voice_cohort: np.ndarray = field(repr=False)  # (C, 256) unit voice means
+    path: Path | None = None
+    sha256: str = ""
+
+    def fuse(self, values: dict[str, float | None]) -> Fused:
+        """Standardise the available terms, combine them by the rule; a missing term (None) is
+        left out. Deterministic: the same values give the same distance."""
+        z: dict[str, float] = {k: (v - st.mean) / st.sd for k, st in self.spec.terms.items()
+             if (v := values.get(k)) is not None and np.isfinite(v)}
+        if not z:
+            raise ValueError("no term to fuse")
+        driver = max(z, key=lambda k: (z[k], k))
+        dist = max(z.values()) if self.spec.rule == "max" else float(np.mean(list(z.values())))
+        return Fused(float(dist), z, driver)
+
+    def fuse_terms(self, identity_tnorm: float | None, sync: float | None, fit: float | None, fit_centre: float,
+                   face: float | None, voice: float | None) -> Fused:
+        """fuse() on a Score's terms, the fit term relative to the profile's own fit mean."""
+        return self.fuse({"identity": identity_tnorm, "sync": sync,
+                          "fit": None if fit is None else fit - fit_centre, "face": face, "voice": voice})
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({"face_cohort": self.face_cohort.astype(np.float32),
+                   "voice_cohort": self.voice_cohort.astype(np.float32)}, str(path),
+                  metadata={"format": DECISION_FORMAT, "spec": self.spec.model_dump_json()})
+
+
+def load_decision(path: Path) -> Decision:
+    """Read a decision file; any problem is one ModelFileError line."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"decision file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+            if header.get("format") != DECISION_FORMAT:
+                raise ModelFileError(f"{path}: not a decision file (format {header.get('format')!r})")
+            spec = DecisionSpec.model_validate(json.loads(header["spec"]))
+            face, voice = f.get_tensor("face_cohort"), f.get_tensor("voice_cohort")
+    except ModelFileError:
+        raise
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ModelFileError(f"{path}: invalid spec.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except Exception as err:
+        raise ModelFileError(f"{path}: unreadable decision file ({str(err).splitlines()[0]})") from None
+    if face.ndim != 2 or voice.ndim != 2 or len(face) < 2 or len(voice) < 2:
+        raise ModelFileError(f"{path}: cohorts must be (C >= 2, D), got {face.shape} and {voice.shape}")
+    import hashlib
+
+    return Decision(spec, face, voice, path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def resolve_decision(setting: str | Path, model_sha256: str) -> Decision | None:
+    """``auto``: the shipped decision if it was made for this model, else None; ``none``: None;
+    a path: that decision, which must have been made for this model."""
+    if str(setting) == "none":
+        return None
+    if str(setting) == "auto":
+        if not STARTER_DECISION.is_file():
+            return None
+        d = load_decision(STARTER_DECISION)
+        return d if d.spec.base_model_sha256 == model_sha256 else None
+    d = load_decision(Path(setting))
+    if d.spec.base_model_sha256 != model_sha256:
+        raise ModelFileError(f"{setting}: decision made for model {d.spec.base_model_sha256[:12]}, "
+                             f"not for the loaded model {model_sha256[:12]}")
+    return d
