@@ -50,7 +50,7 @@ def test_track_carries_face_descriptors_at_the_sampled_ticks_and_voice_embedding
         clip: Clip, extract: Extract, feature_config: FeatureConfig) -> None:
     track = extract(clip(SPEECH_CLIP))
     every, voice_every = feature_config.face_id_every, feature_config.voice_every
-    assert (every, voice_every) == (5, 25)  # the defaults
+    assert (every, voice_every) == (25, 25)  # the defaults: a face and a voice embedding a second
     # every sampled tick landmarked on a real frame with a face, and only those
     expected = [k for k in range(0, len(track), every) if track.observed[k]]
     assert len(expected) >= 0.9 * len(track) / every
@@ -100,8 +100,8 @@ def test_live_windows_carry_the_offline_identity_embeddings(rel: str, clip: Clip
         np.testing.assert_array_equal(w.voice_id, o.voice_id)
         faces += len(w.face_ids)
         voices += w.has_voice_id
-    # 13 sampled ticks per 64-frame window, fewer at 22 fps (ticks no frame lands on get none)
-    assert faces >= len(live) * 7
+    # 2-3 sampled ticks per 64-frame window, fewer at 22 fps (ticks no frame lands on get none)
+    assert faces >= 1.5 * len(live)
     assert voices >= len(live) - 2  # the first windows may hold too little speech
 
 
