@@ -40,7 +40,7 @@ from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window, windows_of
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, identity_tnorm, nearest_cohort
+from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, identity_tnorm, motion_terms, nearest_cohort
 from expose.monitor.model.smoothing import empirical_sd_ratios
 from expose.monitor.model.verification import (
     Decision,
@@ -179,11 +179,10 @@ def main() -> None:
         assert cerrs is not None
         for k, w in enumerate(ok):
             e_sub, e_null = errs[:, :, k, 0], errs[:, :, k, 1]
-            ident = float(torch.log(e_sub / e_null).mean())
+            mt = motion_terms(errs[:, :, k], mouth[:, :, k])
+            ident, sync, fit = mt.identity, mt.sync, mt.fit - prof.calibration.fit_mean
             # the cohort's members are nearest first: a smaller cohort is a prefix of this one
             tn = {c: identity_tnorm(e_sub, e_null, cerrs[:, :, k, :c]) for c in COHORT_SIZES}
-            sync = float(torch.log(mouth[:, :, k, 0] / mouth[:, :, k, 2]).mean())
-            fit = float(torch.log(mouth[:, :, k, 0].clamp(min=1e-8)).mean()) - prof.calibration.fit_mean
             ft = face_term(w, prof.identity, face_cohort)
             vt = voice_term(w, prof.identity, voice_cohort)
             rows.append({"family": fam, "claimed": claimed, "clip": src, "t0": w.t0, "identity_raw": ident,

@@ -79,7 +79,7 @@ class Alert:
     @property
     def driver(self) -> str | None:
         """The term that drove most of the episode's windows (the earliest one on a tie)."""
-        return max(self.reasons, key=self.reasons.__getitem__) if self.reasons else None
+        return top_driver(self.reasons)
 
     @property
     def explanation(self) -> str:
@@ -208,7 +208,7 @@ class AlertPolicy:
                 t_start=ep[0].t0, t_end=None, ended_at=None, peak_distance=max(dists),
                 mean_distance=sum(dists) / len(dists), n_windows=len(dists),
                 scores=tuple((m.t1, m.distance) for m in ep), thumbnail_jpeg=thumbnail(),
-                reasons=_count(m.driver for m in ep),
+                reasons=count_drivers(m.driver for m in ep),
             )
             return PolicyStep(replace(base, state="alert", alert=opened), smoothed, opened, "opened")
         return PolicyStep(replace(base, state="suspect" if is_over else "authentic"), smoothed)
@@ -225,12 +225,18 @@ class AlertPolicy:
         return PolicyStep(replace(st, state="insufficient", insufficient_run=run), None)
 
 
-def _count(drivers: Iterable[str | None]) -> dict[str, int]:
+def count_drivers(drivers: Iterable[str | None]) -> dict[str, int]:
+    """How many windows each term drove, in order of first appearance (None: no driver, not counted)."""
     out: dict[str, int] = {}
     for d in drivers:
         if d is not None:
             out[d] = out.get(d, 0) + 1
     return out
+
+
+def top_driver(counts: dict[str, int]) -> str | None:
+    """The term that drove the most windows, the earliest one on a tie; None when none did."""
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def _extend(alert: Alert, point: tuple[float, float], driver: str | None) -> Alert:

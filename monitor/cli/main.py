@@ -7,7 +7,6 @@ user (ExposeError) are printed as one line on stderr with a non-zero exit status
 
 from __future__ import annotations
 
-import collections
 import json
 import sys
 import time
@@ -415,14 +414,15 @@ def _main_reason(scores: list[Score], threshold: float) -> dict[str, Any] | None
     """The term that drove most of the windows over the one-window threshold, in an analyst's
     words (the earliest on a tie); None when no such window has a driver (none over the
     threshold, or scored without a decision)."""
+    from expose.monitor.alerts.policy import count_drivers, top_driver
     from expose.monitor.model.verification import explain
 
     over = [s for s in scores if s.distance is not None and s.distance > threshold]
-    counts = collections.Counter(s.driver for s in over if s.driver is not None)
-    if not counts:
+    counts = count_drivers(s.driver for s in over)
+    driver = top_driver(counts)
+    if driver is None:
         return None
-    driver, n = counts.most_common(1)[0]
-    return {"driver": driver, "explanation": explain(driver), "windows": n, "over": len(over)}
+    return {"driver": driver, "explanation": explain(driver), "windows": counts[driver], "over": len(over)}
 
 
 @app.command(name="eval")

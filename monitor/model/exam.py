@@ -13,7 +13,6 @@ it needs; the config travels in the safetensors metadata (nanoGPT's ``model_args
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from expose.monitor.errors import ExposeError, ModelFileError
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import EXPRESSION_DIM, MOUTH_CHANNELS
+from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import AUDIO_DIM
 from expose.monitor.model.diffusion import add_noise, timestep_embedding
 from expose.monitor.model.score import FusionWeights
@@ -174,14 +174,6 @@ def save_model(model: Exam, path: Path, meta: dict[str, object]) -> None:
     tmp.replace(path)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     model: Exam
@@ -220,7 +212,7 @@ def load_model(path: Path, decision: str | Path = "none") -> LoadedModel:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
-    digest = file_digest(path)
+    digest = sha256_file(path)
     return LoadedModel(model, meta, digest, path, weights, resolve_decision(decision, digest))
 
 

@@ -77,10 +77,9 @@ class ScoreRequest:
 
 
 def requests_for(windows: list[Window], tokens: torch.Tensor, profile: str,
-                 cohort: torch.Tensor | None = None, references: IdentityReferences | None = None,
-                 ) -> list[ScoreRequest]:
+                 cohort: torch.Tensor | None = None) -> list[ScoreRequest]:
     """Every window claimed as the same profile (a clip, a reference, a validation set)."""
-    return [ScoreRequest(w, tokens, profile, cohort, references) for w in windows]
+    return [ScoreRequest(w, tokens, profile, cohort) for w in windows]
 
 
 def nearest_cohort(model: Exam, tokens: torch.Tensor, size: int, exclude: tuple[int, ...] = ()) -> torch.Tensor:
@@ -95,6 +94,24 @@ def nearest_cohort(model: Exam, tokens: torch.Tensor, size: int, exclude: tuple[
     d = (pool[keep] - tokens.to(pool.device)[None]).flatten(1).norm(dim=1)
     order = torch.argsort(d, stable=True)[:size]
     return pool[[keep[int(i)] for i in order]].clone()
+
+
+@dataclass(frozen=True)
+class MotionTerms:
+    identity: float
+    identity_mouth: float
+    sync: float
+    fit: float
+
+
+def motion_terms(errs: torch.Tensor, mouth: torch.Tensor) -> MotionTerms:
+    """The motion terms of one window from its reconstruction errors over all channels and
+    over the mouth channels, each (times, draws, 3): subject, null, subject with shifted audio."""
+    return MotionTerms(
+        identity=float(torch.log(errs[..., 0] / errs[..., 1]).mean()),
+        identity_mouth=float(torch.log(mouth[..., 0] / mouth[..., 1]).mean()),
+        sync=float(torch.log(mouth[..., 0] / mouth[..., 2]).mean()),
+        fit=float(torch.log(mouth[..., 0].clamp(min=1e-8)).mean()))
 
 
 def identity_tnorm(e_sub: torch.Tensor, e_null: torch.Tensor, e_cohort: torch.Tensor) -> float:
@@ -166,13 +183,11 @@ class Scorer:
             for j, i in enumerate(idx):
                 w = requests[i].window
                 e_sub, e_null = errs[:, :, j, 0], errs[:, :, j, 1]
-                ident = float(torch.log(e_sub / e_null).mean())
+                mt = motion_terms(errs[:, :, j], mouth[:, :, j])
+                ident, ident_mouth, sync, fit = mt.identity, mt.identity_mouth, mt.sync, mt.fit
                 tnorm = None
                 if cohort_errs is not None:
                     tnorm = identity_tnorm(e_sub, e_null, cohort_errs[:, :, j])
-                ident_mouth = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 1]).mean())
-                sync = float(torch.log(mouth[:, :, j, 0] / mouth[:, :, j, 2]).mean())
-                fit = float(torch.log(mouth[:, :, j, 0].clamp(min=1e-8)).mean())
                 st = self.settings
                 dist = st.w_identity * ident + st.w_sync * sync + st.w_fit * fit
                 face = voice = None

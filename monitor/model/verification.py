@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from expose.monitor.errors import ModelFileError
+from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import Window
 
 TERMS = ("identity", "sync", "fit", "face", "voice")
@@ -67,11 +69,11 @@ class IdentityReferences:
         if not (np.isfinite(self.face).all() and np.isfinite(self.voice).all()):
             raise ValueError("references must be finite")
 
-    @property
+    @cached_property
     def face_centroid(self) -> np.ndarray | None:
         return self.face.astype(np.float64).mean(axis=0) if len(self.face) else None
 
-    @property
+    @cached_property
     def voice_centroid(self) -> np.ndarray | None:
         return _unit(self.voice.astype(np.float64).mean(axis=0)) if len(self.voice) else None
 
@@ -112,7 +114,8 @@ def voice_term(window: Window, refs: IdentityReferences, cohort: np.ndarray) -> 
     assert window.voice_id is not None
     v = _unit(window.voice_id.astype(np.float64))
     raw = 1.0 - float(v @ centre)
-    others = 1.0 - np.array([_unit(c) for c in cohort.astype(np.float64)]) @ v
+    c = cohort.astype(np.float64)
+    others = 1.0 - (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)) @ v
     return VerificationTerm(raw, _tnorm(raw, others))
 
 
@@ -204,9 +207,7 @@ def load_decision(path: Path) -> Decision:
         raise ModelFileError(f"{path}: unreadable decision file ({str(err).splitlines()[0]})") from None
     if face.ndim != 2 or voice.ndim != 2 or len(face) < 2 or len(voice) < 2:
         raise ModelFileError(f"{path}: cohorts must be (C >= 2, D), got {face.shape} and {voice.shape}")
-    import hashlib
-
-    return Decision(spec, face, voice, path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return Decision(spec, face, voice, path, sha256_file(path))
 
 
 def resolve_decision(setting: str | Path, model_sha256: str) -> Decision | None:
