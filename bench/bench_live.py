@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="streams in the memory run (default: the highest level sustained, 1-4)")
     p.add_argument("--decision", default="auto",
                    help="model.decision: auto (the shipped one for the starter model), none, or a decision file")
+    p.add_argument("--native-threads", type=int, default=None,
+                   help="live.native_threads: torch and BLAS threads (default: the config's, 1; 0: the "
+                        "libraries' defaults, one per core)")
     p.add_argument("--no-identity", action="store_true",
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -175,9 +178,11 @@ def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import torch
+    from threadpoolctl import threadpool_info
 
     return {"cpu": cpu or platform.processor(), "nproc": affinity, "cpu_count": os.cpu_count(),
             "loadavg_at_start": [round(x, 2) for x in load], "torch_threads": torch.get_num_threads(),
+            "blas_threads": sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}),
             "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -209,7 +214,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     features: dict[str, Any] = {"face_model": str(face)}
     if args.no_identity:
         features |= {"face_id_every": 0, "voice_every": 0}
-    cfg = Config.model_validate({"features": features, "model": {"decision": str(args.decision)},
+    live = {} if args.native_threads is None else {"native_threads": args.native_threads}
+    cfg = Config.model_validate({"features": features, "model": {"decision": str(args.decision)}, "live": live,
                                  "profiles_dir": str(tmp / "profiles"),
                                  "server": {"db_path": str(tmp / "monitor.sqlite3")}})
     model_path = args.model or cfg.model.path
@@ -449,7 +455,7 @@ def _level_line(lv: dict[str, Any]) -> str:
 def report(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"machine: {m['cpu']}, nproc {m['nproc']}, load average at start {m['loadavg_at_start']}, "
-             f"torch threads {m['torch_threads']}, {m['platform']}",
+             f"torch threads {m['torch_threads']}, BLAS threads {m['blas_threads']}, {m['platform']}",
              f"model: {r['model']}  device: {r['device']}",
              f"decision: {r['decision']}  face / voice embeddings: {'on' if r['identity_embeddings'] else 'off'}",
              f"clip: {r['clip']['path']} ({r['clip']['fps']:g} fps), window {r['window_s']} s, hop {r['hop_s']} s",

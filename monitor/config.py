@@ -118,6 +118,12 @@ class LiveSection(_Strict):
     max_batch: int = Field(64, ge=1, description="Most windows scored in one batched call.")
     batch_linger_s: float = Field(0.02, ge=0, le=1, description="Wait this long for more streams' windows "
                                   "before scoring a batch.")
+    native_threads: int = Field(1, ge=0, description="Threads of each native thread pool in the monitor "
+                                "process: torch's intra-op pool (the scorer) and the OpenBLAS pools of numpy and "
+                                "OpenCV. 1: the stream featurizers keep every core busy, and an idle pool thread "
+                                "spins waiting for work (2 cores, 2 streams with the decision: 98 % of real time "
+                                "at 1, 79-81 % with torch at 1 and OpenBLAS at 2). 0: the libraries' defaults, "
+                                "one per core (for a GPU or a scorer-only process).")
     queue_items: int = Field(128, ge=8, description="Media items queued per stream; beyond, the oldest "
                              "video frames are dropped and counted.")
     audio_context_s: float = Field(0.5, ge=0, le=5, description="Audio before each window that the speech "

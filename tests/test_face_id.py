@@ -8,6 +8,8 @@ about 80 ms of dlib per face on one core.
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +17,10 @@ import numpy as np
 import pytest
 
 from expose.monitor.errors import AssetError, ConfigError
+from expose.monitor.features import embedding
 from expose.monitor.features.embedding import (
     Embedder,
+    IsolatedEmbedder,
     create_embedder,
     farthest_point_order,
     reference_distances,
@@ -114,6 +118,26 @@ def test_the_same_face_always_gives_the_same_vector(embedder: DlibFaceEmbedder, 
     assert np.array_equal(embedder.embed([view]), once)
     # a second embedder built from the same files agrees bit for bit
     assert np.array_equal(DlibFaceEmbedder().embed(samples[:1]), once)
+
+
+def test_the_worker_process_gives_the_same_vectors_and_survives_a_killed_worker(
+        embedder: DlibFaceEmbedder, faces: dict[str, Faces], tmp_path: Path) -> None:
+    samples = faces[GENUINE][0][:3]
+    isolated = IsolatedEmbedder("face", "dlib-resnet")
+    assert isinstance(isolated, Embedder) and (isolated.name, isolated.dim) == ("dlib-resnet", 128)
+    here = embedder.embed(samples)
+    assert np.array_equal(isolated.embed(samples), here)
+    # the worker dies (out of memory, killed): the next call restarts it and still answers
+    pool = embedding._shared_pool()
+    os.kill(pool.submit(os.getpid).result(), signal.SIGKILL)
+    assert np.array_equal(isolated.embed(samples[:1]), here[:1])
+    assert embedding._shared_pool() is not pool
+    # missing model files and unknown names fail as they do in-process: one line
+    with pytest.raises(AssetError) as err:
+        IsolatedEmbedder("face", "dlib-resnet", models_dir=tmp_path)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+    with pytest.raises(ConfigError, match="dlib-resnet"):
+        IsolatedEmbedder("face", "no-such-net")
 
 
 def test_observe_gives_the_expression_process_gives_plus_landmarks(clip: Clip, face_model: Path) -> None:

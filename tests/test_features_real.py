@@ -7,6 +7,7 @@ with PyAV.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import pytest
 
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import BLENDSHAPE_NAMES, N_BLENDSHAPES
+from expose.monitor.features.phones import N_PHONES, phone_posteriors
 from expose.monitor.features.track import FeatureTrack
 
 if TYPE_CHECKING:
@@ -256,3 +258,29 @@ def test_observed_marks_the_ticks_a_frame_landed_on(rel: str, share: float, clip
     assert not (track.observed & ~track.face_mask).any()
     ratio = track.observed.sum() / track.face_mask.sum()
     assert ratio == pytest.approx(share, abs=0.03)
+
+
+def _audio(path: Path) -> np.ndarray:
+    """The clip's audio as 16 kHz mono float32, decoded with PyAV."""
+    with av.open(str(path)) as c:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        parts = [g.to_ndarray().ravel() for f in c.decode(audio=0) for g in resampler.resample(f)]
+    return np.concatenate(parts)
+
+
+def test_phones_do_not_depend_on_what_the_thread_decoded_before(clip: Clip) -> None:
+    """One decoder per thread, reset before each call: the same span gives the same phones
+    whatever ran before it, and the same as on a new thread (a new decoder)."""
+    a = _audio(clip("real/trump/speech_01.mp4"))
+    b = _audio(clip("real/macron/speech_01.mp4"))
+    span = a[16000:64000]
+    first = phone_posteriors(span, 75)
+    assert first.shape == (75, N_PHONES) and (first[:, 1:].sum() > 10)  # speech, not all silence
+    phone_posteriors(b[:80000], 125)  # other speech, another length, on the same decoder
+    phone_posteriors(np.zeros(8000, dtype=np.float32), 12)
+    assert np.array_equal(phone_posteriors(span, 75), first)
+    fresh: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: fresh.append(phone_posteriors(span, 75)))
+    worker.start()
+    worker.join()
+    assert np.array_equal(fresh[0], first)

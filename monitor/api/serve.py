@@ -68,6 +68,7 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     """Everything but HTTP: assets, model + scorer, profiles, store, sinks, the monitor."""
     from expose.monitor.model.exam import pick_device
 
+    limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
     scorer = Scorer.of(base, pick_device(cfg.model.device))
@@ -76,6 +77,18 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     limit_host_candidates(cfg.server.ice_host_addresses)
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
                        profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters)])
+
+
+def limit_native_threads(n: int) -> None:
+    """Process-wide: torch's intra-op pool and every loaded BLAS pool (numpy's and OpenCV's
+    OpenBLAS, loaded with mediapipe) to ``n`` threads each; 0 leaves them alone. See
+    LiveSection.native_threads for why a monitor wants 1."""
+    if n:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(n)
+        threadpool_limits(n, user_api="blas")
 
 
 def build_service(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None) -> Service:

@@ -9,6 +9,16 @@ name (``create_embedder("face", "dlib-resnet")``) and another network plugs in w
 Built-in embedders are registered as ``"module:attribute"`` strings and imported on first
 use: a process that never verifies faces never loads dlib.
 
+``IsolatedEmbedder`` runs a registered embedder in a worker process shared by the whole
+process. The live monitor needs it for dlib: its Python binding holds the GIL for the
+~100 ms of every face descriptor (measured: a Python loop on another thread ran at 9 % of
+its speed meanwhile; the GE2E encoder, a torch module, leaves 94 %), so in-thread faces
+stalled every other stream's featurizer and the event loop, and cost one of the two streams
+the dev machine sustains. In the worker they cost CPU only. The worker is started with
+``spawn`` (forking a process that runs MediaPipe and asyncio threads is unsafe), builds each
+embedder once, and is restarted once if it dies; the vectors are the in-process ones bit for
+bit (same library, same inputs).
+
 Distances are between a set of probe descriptors (the frames of a window) and a profile's
 reference set (``reference_distances``); ``farthest_point_order`` picks a spread-out
 subset of references (over head pose for faces).
@@ -17,12 +27,17 @@ subset of references (over head pose for faces).
 from __future__ import annotations
 
 import importlib
+import multiprocessing
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from expose.monitor.errors import ConfigError
+from expose.monitor.errors import ConfigError, ExposeError
 
 InputT_contra = TypeVar("InputT_contra", contravariant=True)
 
@@ -70,15 +85,97 @@ def create_embedder(modality: str, name: str, **options: Any) -> Embedder[Any]:
     Raises ConfigError naming the known embedders when ``name`` is not registered; the
     factory raises AssetError when its model files are missing.
     """
+    return _resolve(_entry(modality, name))(**options)
+
+
+def _entry(modality: str, name: str) -> EmbedderFactory | str:
     entry = _REGISTRY.get(modality, {}).get(name)
     if entry is None:
         known = ", ".join(available_embedders(modality)) or "none"
         raise ConfigError(f"unknown {modality} embedder {name!r} (known: {known})")
+    return entry
+
+
+def _resolve(entry: EmbedderFactory | str) -> EmbedderFactory:
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
-        _REGISTRY[modality][name] = entry
-    return entry(**options)
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return entry
+
+
+class EmbedderWorkerError(ExposeError):
+    """The embedder worker process died twice in a row on the same call."""
+
+
+# ---- embedders in a worker process -----------------------------------------------------
+
+_pool_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_built: dict[tuple[Any, ...], Embedder[Any]] = {}  # in the worker: embedders by (modality, name, options)
+
+
+def _worker_count() -> int:
+    """One worker per two cores: a descriptor is ~0.1 core-second per face, once a second
+    per stream, so one worker serves about ten streams and leaves the cores to featurizing."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _shared_pool(broken: ProcessPoolExecutor | None = None) -> ProcessPoolExecutor:
+    """The process's embedder pool; a new one when ``broken`` is the current one."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None and _pool is broken:
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
+        if _pool is None:
+            _pool = ProcessPoolExecutor(_worker_count(), mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def _in_worker(key: tuple[Any, ...]) -> Embedder[Any]:
+    if key not in _built:
+        entry, options = key
+        _built[key] = _resolve(entry)(**dict(options))
+    return _built[key]
+
+
+def _worker_describe(key: tuple[Any, ...]) -> tuple[str, int]:
+    embedder = _in_worker(key)
+    return embedder.name, embedder.dim
+
+
+def _worker_embed(key: tuple[Any, ...], items: list[Any]) -> np.ndarray:
+    return np.asarray(_in_worker(key).embed(items), dtype=np.float32)
+
+
+class IsolatedEmbedder:
+    """``Embedder`` that runs the registered embedder ``name`` in the shared worker process.
+
+    Building it builds the embedder in the worker, so missing model files raise their
+    AssetError here, as in-process. Thread-safe: calls from several streams queue at the
+    pool. Inputs and outputs are pickled (a face input carries its frame: ~1 ms for 512 x 512).
+    """
+
+    def __init__(self, modality: str, name: str, **options: Any) -> None:
+        # The registry entry travels to the worker (a spawned process has only the built-in
+        # registrations): a "module:attribute" string, or a factory that pickles by reference.
+        self._key = (_entry(modality, name), tuple(sorted(options.items())))
+        self._label = f"{modality} embedder {name!r}"
+        self.name, self.dim = self._call(_worker_describe)
+
+    def embed(self, items: Sequence[Any]) -> np.ndarray:
+        return self._call(_worker_embed, list(items))  # type: ignore[no-any-return]
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        pool = _shared_pool()
+        try:
+            return pool.submit(fn, self._key, *args).result()
+        except BrokenProcessPool:  # the worker died (killed, out of memory): once more on a new one
+            pool = _shared_pool(broken=pool)
+            try:
+                return pool.submit(fn, self._key, *args).result()
+            except BrokenProcessPool:
+                raise EmbedderWorkerError(f"the worker process of the {self._label} died twice in a row") from None
 
 
 def pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from expose.monitor.config import FeatureConfig
 from expose.monitor.features.audio import speech_activity
-from expose.monitor.features.embedding import Embedder, create_embedder
+from expose.monitor.features.embedding import Embedder, IsolatedEmbedder, create_embedder
 from expose.monitor.features.timeline import FPS, SampleBuffer
 
 if TYPE_CHECKING:
@@ -134,14 +134,17 @@ class IdentityEmbedders:
         self.voice_embedder = voice if settings.voice_every else None
 
     @classmethod
-    def from_config(cls, cfg: FeatureConfig) -> IdentityEmbedders:
+    def from_config(cls, cfg: FeatureConfig, isolate_face: bool = False) -> IdentityEmbedders:
         """Build the configured embedders by registry name (AssetError / ConfigError when
-        their files or names are wrong); none for a disabled side."""
+        their files or names are wrong); none for a disabled side. ``isolate_face``: the
+        face embedder runs in the shared worker process (``embedding.IsolatedEmbedder``),
+        which a process featurizing several streams on threads needs (dlib holds the GIL)."""
         settings = IdentitySettings.from_config(cfg)
         face = voice = None
         if settings.face_every:
             options = {} if cfg.face_id_models is None else {"models_dir": cfg.face_id_models}
-            face = create_embedder("face", cfg.face_embedder, **options)
+            face = (IsolatedEmbedder("face", cfg.face_embedder, **options) if isolate_face
+                    else create_embedder("face", cfg.face_embedder, **options))
         if settings.voice_every:
             options = {} if cfg.voice_model is None else {"weights": cfg.voice_model}
             built = create_embedder("voice", cfg.voice_embedder, **options)

@@ -11,7 +11,9 @@ With ``identity`` the featurizer also puts face descriptors and voice embeddings
 windows (``features.identity``: the same rules, so the same vectors, as offline extraction).
 The embedders are built once per runner on its feature thread and kept across reconnects:
 they are not thread-safe, so each stream has its own (~0.3 s to build once dlib and torch are
-imported).
+imported). The face embedder runs in the process's shared embedder worker
+(``embedding.IsolatedEmbedder``): dlib holds the GIL for the ~0.1 s of each descriptor, which
+in-thread stalled every other stream and the event loop.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class StreamRunner:
         extractor = await loop.run_in_executor(
             self._pool, lambda: ExpressionExtractor(self._face_model, cfg.num_faces, cfg.min_face_confidence))
         try:
-            identity = (await loop.run_in_executor(self._pool, IdentityEmbedders.from_config, cfg)
+            identity = (await loop.run_in_executor(self._pool, IdentityEmbedders.from_config, cfg, True)
                         if self._identity else None)
             await self._supervise(extractor, identity)
         finally:

@@ -54,7 +54,7 @@ class ScoringLoop:
         self.linger_s = linger_s
         self._queue: collections.deque[QueuedWindow] = collections.deque(maxlen=max_queue)
         self._wake = asyncio.Event()
-        # one thread: torch already uses every core inside a call; two calls would fight
+        # one thread: torch parallelises inside a call (live.native_threads); two calls would fight
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.dropped = 0
         self.batches = 0
