@@ -22,6 +22,7 @@ from expose.monitor.model.verification import (
     STARTER_DECISION,
     Decision,
     IdentityReferences,
+    TermStats,
     VerificationTerm,
     face_term,
     load_decision,
@@ -120,8 +121,7 @@ def test_fused_scores_are_deterministic_and_explained(
     assert alone.distance == pytest.approx(a[2].distance, abs=1e-3) and alone.driver == a[2].driver
     for s in a:
         assert s.status == "scored" and s.identity_tnorm is not None and s.driver in s.terms
-        assert s.distance == pytest.approx(max(s.terms.values()) if decision.spec.rule == "max"
-                                           else np.mean(list(s.terms.values())))
+        assert s.distance == pytest.approx(_rule(decision, s.terms))
         assert s.explanation
     # another person's face drives the decision
     assert sum(s.driver == "face" for s in a) >= 3, [(s.driver, s.terms) for s in a]
@@ -129,6 +129,32 @@ def test_fused_scores_are_deterministic_and_explained(
     c1, c2 = scorer.motion_cohort(profile.tokens), scorer.motion_cohort(profile.tokens)
     assert c1 is not None and c2 is not None and torch.equal(c1, c2)
     assert len(c1) == decision.spec.motion_cohort
+
+
+def _rule(decision: Decision, z: dict[str, float]) -> float:
+    """The documented rules, written out again for the test."""
+    if decision.spec.rule == "max":
+        return max(z.values())
+    if decision.spec.rule == "mean":
+        return float(np.mean(list(z.values())))
+    return max(float(np.mean([z[t] for t in c if t in z])) for c in decision.spec.channels if set(c) & set(z))
+
+
+def test_channels_rule_lets_one_channel_decide(decision: Decision) -> None:
+    stats = {t: TermStats(mean=0.0, sd=1.0) for t in ("identity", "sync", "fit", "face", "voice")}
+    spec = decision.spec.model_copy(update={"rule": "channels", "terms": stats})
+    channels = Decision(spec, decision.face_cohort, decision.voice_cohort)
+    mean = Decision(spec.model_copy(update={"rule": "mean"}), decision.face_cohort, decision.voice_cohort)
+    # a dub: another voice, the mouth a little off, face and motion identity unchanged
+    dub = {"identity": 0.0, "sync": 1.0, "fit": 0.5, "face": -0.5, "voice": 3.0}
+    fused = channels.fuse(dub)
+    assert fused.distance == pytest.approx((3.0 + 1.0 + 0.5) / 3) and fused.driver == "voice"
+    assert mean.fuse(dub).distance == pytest.approx(0.8)  # diluted by the unchanged seen channel
+    # an impostor: the seen channel decides, named by its largest term
+    fused = channels.fuse({"identity": 2.0, "sync": 0.0, "fit": 0.0, "face": 4.0, "voice": 0.5})
+    assert fused.distance == pytest.approx(3.0) and fused.driver == "face"
+    # a channel with no term (no speech: no voice, sync or fit) is left out, not read as genuine
+    assert channels.fuse({"identity": -1.0, "face": -2.0}).distance == pytest.approx(-1.5)
 
 
 def test_profile_keeps_references_and_refuses_another_decision(refs: IdentityReferences, tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ def _sample_profile(cfg: Config, store: ProfileStore) -> str:
         if [r.sha256 for r in old.references] != [ref_sha]:
             raise DemoError(f"profile {PROFILE!r} in {store.root} was not enrolled by the demo; "
                             "give the demo another --profiles folder")
-        if old.base_model_sha256 == base.sha256:
+        decision = base.decision.sha256 if base.decision is not None else None
+        if old.base_model_sha256 == base.sha256 and old.decision_sha256 == decision:
             return f"using the profile {PROFILE!r} enrolled earlier in {store.root}"
     cache = FeatureCache(cfg.cache_dir, cfg.features, resolve_face_model(cfg.features.face_model, cfg.cache_dir))
     ecfg = EnrollConfig()

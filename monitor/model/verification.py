@@ -17,13 +17,21 @@ enrolled person included; relative to the cohort it stays near the person.
 
 Fusion: every term is standardised by its mean and spread on genuine *cross-recording*
 validation windows (another recording than the one enrolled), then combined by a rule
-(``max`` or ``mean``) chosen on validation attacks (bench/fit_decision.py); the term with
-the largest standardised value is the window's ``driver`` and names the explanation.
+chosen on validation attacks (bench/fit_decision.py): ``max`` or ``mean`` of the
+standardised terms, or ``channels``: the mean within each channel, then the largest channel.
+The starter channels are what is seen (face, identity: whose face and motion) and what is
+heard (voice, sync, fit: whose voice, and whether the mouth follows it). A mean over all five
+lets the three unchanged terms of a dub or a desync outvote the one or two that moved; the
+maximum over single terms lets any one noisy term raise a genuine window; a mean per channel
+averages noise within a channel while an attack on one channel still decides. The window's
+``driver`` (which names the explanation) is the term with the largest standardised value,
+within the deciding channel for ``channels``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +47,8 @@ from expose.monitor.features.windows import Window
 TERMS = ("identity", "sync", "fit", "face", "voice")
 Term = Literal["identity", "sync", "fit", "face", "voice"]
 DECISION_FORMAT = "expose-decision-1"
+# what is seen (whose face and motion) and what is heard (whose voice, does the mouth follow it)
+STARTER_CHANNELS: tuple[tuple[Term, ...], ...] = (("face", "identity"), ("voice", "sync", "fit"))
 STARTER_DECISION = Path(__file__).resolve().parents[1] / "assets" / "decision-small.safetensors"
 
 # what an analyst reads when a term drives a window (and an alert) over the threshold
@@ -134,7 +144,10 @@ class DecisionSpec(BaseModel):
     motion_cohort: int = Field(ge=2, description="Nearest training-identity token sets the identity term is "
                                "T-normalised against.")
     min_faces: int = Field(2, ge=1, description="Face descriptors a window needs for a face term.")
-    rule: Literal["max", "mean"] = Field(description="How the standardised terms are combined.")
+    rule: Literal["max", "mean", "channels"] = Field(description="How the standardised terms are combined.")
+    channels: list[list[Term]] = Field(
+        default_factory=lambda: [list(c) for c in STARTER_CHANNELS],
+        description="For rule 'channels': groups of terms; the fused distance is the largest group mean.")
     terms: dict[Term, TermStats] = Field(description="The fused terms and their genuine cross-recording "
                                          "mean and spread (validation).")
     genuine_mean: float = Field(description="Fused distance on genuine cross-recording validation windows.")
@@ -159,13 +172,20 @@ class Decision:
     path: Path | None = None
     sha256: str = ""
 
-    def fuse(self, values: dict[str, float | None]) -> Fused:
+    def fuse(self, values: Mapping[str, float | None]) -> Fused:
         """Standardise the available terms, combine them by the rule; a missing term (None) is
         left out. Deterministic: the same values give the same distance."""
         z: dict[str, float] = {k: (v - st.mean) / st.sd for k, st in self.spec.terms.items()
              if (v := values.get(k)) is not None and np.isfinite(v)}
         if not z:
             raise ValueError("no term to fuse")
+        if self.spec.rule == "channels":
+            groups: list[list[str]] = [[t for t in c if t in z] for c in self.spec.channels]
+            means = [(float(np.mean([z[t] for t in g])), g) for g in groups if g]
+            if not means:  # no channel holds a fused term: the terms themselves
+                means = [(float(np.mean(list(z.values()))), [*z])]
+            dist, deciding = max(means, key=lambda m: m[0])
+            return Fused(dist, z, max(deciding, key=lambda k: (z[k], k)))
         driver = max(z, key=lambda k: (z[k], k))
         dist = max(z.values()) if self.spec.rule == "max" else float(np.mean(list(z.values())))
         return Fused(float(dist), z, driver)
