@@ -198,6 +198,80 @@ def train(
     print(json.dumps(report, indent=2))
 
 
+@app.command("train-appearance")
+def train_appearance(
+    corpus: Annotated[list[Path], typer.Argument(
+        help="Folders of real talking videos (identity = folder name) or CSV manifests (path,identity[,label]).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights to write (.safetensors).")],
+    exclude: Annotated[str, typer.Option(
+        help="Comma-separated identities left out entirely (e.g. the people an evaluation is reported on).")] = "",
+    val_identities: Annotated[str, typer.Option(
+        help="Comma-separated identities to validate on (default: a seeded fifth of the identities).")] = "",
+    per_clip: Annotated[int, typer.Option(help="Faces sampled per clip.")] = 24,
+    stride: Annotated[int, typer.Option(help="Decoded frames between sampled faces.")] = 5,
+    size: Annotated[int, typer.Option(help="Network input side in pixels.")] = 128,
+    steps: Annotated[int, typer.Option(help="Optimiser steps (early stopping may end sooner).")] = 1500,
+    batch: Annotated[int, typer.Option(help="Real faces per step (each with a pseudo-fake).")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
+    eval_every: Annotated[int, typer.Option(help="Steps between validations / checkpoints.")] = 100,
+    patience: Annotated[int, typer.Option(help="Validations without improvement before stopping.")] = 5,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed (validation split, sampling, pseudo-fakes, init).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the appearance embedding (DiffFake): real faces against self-blended pseudo-fakes."""
+    from dataclasses import asdict
+
+    from expose.monitor.features.appearance import AppearanceConfig
+    from expose.monitor.training.appearance import AppearanceTrainConfig, collect_faces
+    from expose.monitor.training.appearance import train_appearance as run_training
+    from expose.monitor.training.corpus import discover
+
+    cfg = load_cli_config(config)
+    face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
+    items = discover(corpus)
+    drop = {x.strip() for x in exclude.split(",") if x.strip()}
+    val = [x.strip() for x in val_identities.split(",") if x.strip()]
+    known = {i.identity for i in items}
+    for flag, names in (("--exclude", drop), ("--val-identities", set(val))):
+        if names - known:
+            raise ExposeError(f"{flag} names identities not in the corpus: {', '.join(sorted(names - known))}")
+    if set(val) & drop:
+        raise ExposeError("an identity cannot be both excluded and validated on")
+    items = [i for i in items if i.identity not in drop]
+    if not items:
+        raise ExposeError("no media left to train on")
+    with Progress(TextColumn("[bold]faces"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("faces", total=len(items))
+        faces = collect_faces(items, face_model, per_clip, stride, cfg.cache_dir, on_item=lambda _: bar.advance(task))
+    tcfg = AppearanceTrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
+                                 seed=seed, device=device)
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
+
+        def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
+            fields: dict[str, Any] = {"loss": loss}
+            if evals:
+                fields["val"] = f"loss {evals['val_loss']:.4f} auc {evals['val_auc']:.3f}"
+                if not err_console.is_terminal:
+                    print(json.dumps(evals), file=sys.stderr, flush=True)
+            bar.update(task, completed=step, **fields)
+
+        try:
+            res = run_training(faces, out, AppearanceConfig(size=size), tcfg, val_identities=val or None,
+                               resume=resume, on_step=on_step)
+        except ValueError as err:
+            raise ExposeError(str(err)) from None
+    print(json.dumps({"out": str(out), "faces": len(faces), "train_identities": len(res.train_identities),
+                      "val_identities": res.val_identities, "best_step": res.best_step, "best": res.best,
+                      "steps_run": res.steps_run, "seconds": round(res.seconds, 1), "train_config": asdict(tcfg)},
+                     indent=2))
+
+
 def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def]
     from expose.monitor.model.exam import load_model
 

@@ -17,8 +17,7 @@ Blend: ``out = target + mask * (source - target)`` in float32, rounded. Where th
 the output *is* the target (no rounding error), so a pseudo-fake differs from its real frame
 only inside the blurred mask.
 
-``face_crop`` cuts the square the network sees (the landmark box with a margin), the same for
-real frames and pseudo-fakes, so the crop itself says nothing about the label.
+``face_crop`` (features/appearance.py, re-exported here) cuts the square the network sees.
 """
 
 from __future__ import annotations
@@ -28,6 +27,11 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+from expose.monitor.features.appearance import face_crop
+
+__all__ = ["MASK_SHAPES", "SBIConfig", "SelfBlend", "blend_mask", "face_crop", "face_size", "hull_mask", "rng",
+           "self_blend", "shape_points"]
 
 MaskShape = Literal["face", "below_brows", "inner"]
 MASK_SHAPES: tuple[MaskShape, ...] = ("face", "below_brows", "inner")
@@ -204,20 +208,6 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
     out = target + mask[..., None] * (np.clip(source, 0, 255) - target)
     return SelfBlend(np.clip(np.rint(out), 0, 255).astype(np.uint8), mask,
                      hull_mask(image.shape[:2], landmarks), params)
-
-
-def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 224, margin: float = 0.25) -> np.ndarray:
-    """The (size, size, 3) square around the landmark box, widened by ``margin`` of its side on
-    each side (the boundary of a swap must be inside), padded by edge replication at the frame's
-    border."""
-    x0, y0 = landmarks.min(axis=0)
-    x1, y1 = landmarks.max(axis=0)
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    scale = size / side
-    m = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]], dtype=np.float32)
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def describe(cfg: SBIConfig) -> dict[str, object]:

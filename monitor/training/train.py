@@ -377,13 +377,14 @@ def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[CorpusTra
     return bound if measured is None else [max(a, b) for a, b in zip(measured, bound, strict=True)]
 
 
-def _state_path(out: Path) -> Path:
+def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
 
-def _save_state(path: Path, model: Exam, opt: torch.optim.Optimizer, step: int,
+def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                 best: float, best_step: int, history: list) -> None:
-    """Resume state without pickle: model + optimizer moments as tensors, the rest as JSON."""
+    """Resume state without pickle: model (buffers included) + AdamW moments as tensors, the
+    rest as JSON. Shared by the EXAM and the appearance trainers."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -397,7 +398,7 @@ def _save_state(path: Path, model: Exam, opt: torch.optim.Optimizer, step: int,
     save_file(tensors, str(path), metadata={"json": json.dumps(meta)})
 
 
-def _load_state(path: Path, model: Exam, opt: torch.optim.Optimizer, device: torch.device) -> dict:
+def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -451,9 +452,9 @@ def train(
     amp = device.type == "cuda"
 
     step, best, best_step, history, bad_evals = 0, float("inf"), -1, [], 0
-    state_file = _state_path(out)
+    state_file = state_path(out)
     if resume and state_file.is_file():
-        meta = _load_state(state_file, model, opt, device)
+        meta = load_state(state_file, model, opt, device)
         step, best, best_step, history = meta["step"], meta["best"], meta["best_step"], meta["history"]
         for _ in range(step):
             sched.step()
@@ -490,7 +491,7 @@ def train(
                                         "val": evals})
             else:
                 bad_evals += 1
-            _save_state(state_file, model, opt, step, best, best_step, history)
+            save_state(state_file, model, opt, step, best, best_step, history)
             if bad_evals >= cfg.patience:
                 log.info("early stop at step %d (best %d)", step, best_step)
                 if on_step:

@@ -1,0 +1,259 @@
+"""Training the appearance embedding: real faces against their self-blended pseudo-fakes
+(DiffFake's recipe; SBI in ``sbi``), validation on identities the network never trained on.
+
+Material: faces sampled from real corpus videos (every ``stride``-th decoded frame, up to
+``per_clip`` a clip, the primary face landmarked by MediaPipe). Each face is kept as a square
+region around it (``REGION`` times the landmark box, ``REGION_PX`` pixels a side) with its
+landmarks in that region's pixels: enough context for the blend boundary and the crop margin,
+small enough to hold thousands in memory. Regions are cached per clip (npz, keyed by the
+file's content hash and the sampling settings), so a second run does not decode again.
+
+A batch pairs every real crop with a pseudo-fake of the same face (the pair differs only by
+the blend), so the network cannot learn the person or the video. Pseudo-fakes are drawn anew
+every step from a seeded generator (step, position): a run is reproducible from its seed.
+Validation: the identities of ``val_identities`` (default: a seeded fifth of them), one fixed
+pseudo-fake per face; the checkpoint kept is the one with the lowest validation loss, with
+early stopping after ``patience`` validations without improvement, and ``resume`` continues
+from the state saved at every validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from expose.monitor.errors import MediaError
+from expose.monitor.features.appearance import AppearanceConfig, AppearanceNet, face_crop, save_appearance, to_input
+from expose.monitor.features.expressions import ExpressionExtractor
+from expose.monitor.features.face_model import sha256_file
+from expose.monitor.media.reader import MediaReader, VideoFrame
+from expose.monitor.metrics import roc_auc
+from expose.monitor.model.exam import pick_device
+from expose.monitor.training.corpus import CorpusItem
+from expose.monitor.training.sbi import SBIConfig, self_blend
+from expose.monitor.training.train import load_state, save_state, state_path
+
+log = logging.getLogger(__name__)
+
+REGION = 2.0  # region side / landmark box side
+REGION_PX = 192
+CACHE_VERSION = "faces-1"
+
+
+@dataclass(frozen=True)
+class FaceRegion:
+    identity: str
+    image: np.ndarray = field(repr=False)  # (REGION_PX, REGION_PX, 3) uint8
+    landmarks: np.ndarray = field(repr=False)  # (478, 2) float32, pixels of ``image``
+
+
+@dataclass(frozen=True)
+class AppearanceTrainConfig:
+    steps: int = 1500
+    batch: int = 32  # real faces per step (as many pseudo-fakes join them)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 100
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    val_fraction: float = 0.2  # of the identities, when none are named
+
+
+def _region(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x0, y0 = landmarks.min(axis=0)
+    x1, y1 = landmarks.max(axis=0)
+    side = max(float(x1 - x0), float(y1 - y0), 1.0) * REGION
+    scale = REGION_PX / side
+    tx, ty = REGION_PX / 2 - scale * float(x0 + x1) / 2, REGION_PX / 2 - scale * float(y0 + y1) / 2
+    m = np.array([[scale, 0, tx], [0, scale, ty]], dtype=np.float32)
+    out = cv2.warpAffine(image, m, (REGION_PX, REGION_PX), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return out, (landmarks * scale + np.array([tx, ty])).astype(np.float32)
+
+
+def clip_faces(item: CorpusItem, face_model: Path, per_clip: int, stride: int,
+               cache_dir: Path | None) -> list[FaceRegion]:
+    """Up to ``per_clip`` face regions of one clip, through the cache when one is given."""
+    key = ""
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{CACHE_VERSION}:{sha256_file(item.path)}:{sha256_file(face_model)}:"
+                             f"{per_clip}:{stride}:{REGION}:{REGION_PX}".encode()).hexdigest()[:32]
+        hit = Path(cache_dir) / "appearance" / f"{key}.npz"
+        if hit.is_file():
+            with np.load(hit) as z:
+                return [FaceRegion(item.identity, im, lm) for im, lm in zip(z["images"], z["landmarks"], strict=True)]
+    images, marks = [], []
+    k = 0
+    with MediaReader(str(item.path), require_video=True, require_audio=False) as reader, \
+            ExpressionExtractor(face_model) as extractor:
+        for frame in reader.read(max_side=640):
+            if not isinstance(frame, VideoFrame):
+                continue
+            k += 1
+            seen = extractor.observe(frame.image, frame.time)  # every frame: keeps the tracker's clock
+            if seen is None or (k - 1) % stride:
+                continue
+            im, lm = _region(frame.image, seen.landmarks)
+            images.append(im)
+            marks.append(lm)
+            if len(images) >= per_clip:
+                break
+    if cache_dir is not None and images:
+        out = Path(cache_dir) / "appearance" / f"{key}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".tmp.npz")
+        np.savez(tmp, images=np.stack(images), landmarks=np.stack(marks))
+        tmp.replace(out)
+    return [FaceRegion(item.identity, im, lm) for im, lm in zip(images, marks, strict=True)]
+
+
+def collect_faces(items: list[CorpusItem], face_model: Path, per_clip: int = 24, stride: int = 5,
+                  cache_dir: Path | None = None, on_item: Callable[[CorpusItem], None] | None = None,
+                  ) -> list[FaceRegion]:
+    """Face regions of every item; unreadable media are skipped with a warning."""
+    out: list[FaceRegion] = []
+    for item in items:
+        try:
+            out += clip_faces(item, face_model, per_clip, stride, cache_dir)
+        except MediaError as err:
+            log.warning("skipping %s", err)
+        if on_item is not None:
+            on_item(item)
+    return out
+
+
+def split_identities(identities: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, validation) identities: a seeded ``fraction`` of them (at least one each)."""
+    ids = sorted(set(identities))
+    if len(ids) < 2:
+        raise ValueError("training the appearance embedding needs faces of at least two identities")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [i for i in ids if i not in val], val
+
+
+def pair_batch(faces: list[FaceRegion], idx: np.ndarray, seed: int, net_cfg: AppearanceConfig,
+               sbi: SBIConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each face's real crop and a pseudo-fake crop of it (the j-th drawn from a generator seeded
+    with (seed, j)): ((2N, 3, S, S) inputs, (2N,) labels, 1 = pseudo-fake)."""
+    crops, labels = [], []
+    for j, i in enumerate(idx):
+        f = faces[int(i)]
+        fake = self_blend(f.image, f.landmarks, np.random.default_rng([seed, j]), sbi)
+        crops += [face_crop(f.image, f.landmarks, net_cfg.size, net_cfg.margin),
+                  face_crop(fake.image, f.landmarks, net_cfg.size, net_cfg.margin)]
+        labels += [0.0, 1.0]
+    return to_input(np.stack(crops)), torch.tensor(labels)
+
+
+def evaluate(net: AppearanceNet, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    net.eval()
+    logits = []
+    with torch.no_grad():
+        for a in range(0, len(x), 128):
+            logits.append(net(x[a:a + 128].to(device))[1].float().cpu())
+    net.train()
+    z = torch.cat(logits)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
+    acc = float(((z > 0) == (y > 0.5)).float().mean())
+    return {"val_loss": loss, "val_auc": roc_auc(y.numpy(), z.numpy()), "val_acc": acc}
+
+
+@dataclass
+class AppearanceResult:
+    best_step: int
+    best: dict[str, float]
+    steps_run: int
+    seconds: float
+    train_identities: list[str]
+    val_identities: list[str]
+    history: list[dict[str, float]]
+
+
+def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConfig, cfg: AppearanceTrainConfig,
+                     sbi: SBIConfig | None = None, val_identities: list[str] | None = None, resume: bool = False,
+                     on_step: Callable[[int, float, dict[str, float] | None], None] | None = None,
+                     ) -> AppearanceResult:
+    """Train and write the best checkpoint (lowest validation loss) to ``out``."""
+    sbi = sbi or SBIConfig()
+    ids = sorted({f.identity for f in faces})
+    if val_identities:
+        unknown = set(val_identities) - set(ids)
+        if unknown:
+            raise ValueError(f"validation identities without faces: {', '.join(sorted(unknown))}")
+        val_ids, train_ids = sorted(val_identities), [i for i in ids if i not in set(val_identities)]
+        if not train_ids:
+            raise ValueError("no training identity left after the validation ones")
+    else:
+        train_ids, val_ids = split_identities(ids, cfg.val_fraction, cfg.seed)
+    train_faces = [f for f in faces if f.identity in set(train_ids)]
+    val_faces = [f for f in faces if f.identity in set(val_ids)]
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    val_x, val_y = pair_batch(val_faces, np.arange(len(val_faces)), 2**31 - 1, net_cfg, sbi)
+    net = AppearanceNet(net_cfg).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    step, best, best_step, history, bad = 0, float("inf"), -1, [], 0
+    best_evals: dict[str, float] = {}
+    state = state_path(out)
+    if resume and state.is_file():
+        meta = load_state(state, net, opt, device)
+        step, best, best_step, history = meta["step"], meta["best"], meta["best_step"], meta["history"]
+        best_evals = next((h for h in history if h.get("step") == best_step), {})
+        with warnings.catch_warnings():  # fast-forwarding the schedule, no optimiser step is missed
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                sched.step()
+        log.info("resumed at step %d", step)
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        # the faces and the pseudo-fakes of a step depend only on (seed, step): resuming replays them
+        pick = np.random.default_rng([cfg.seed, step]).integers(0, len(train_faces), cfg.batch)
+        x, y = pair_batch(train_faces, pick, cfg.seed * 1_000_003 + step, net_cfg, sbi)
+        _, logit = net(x.to(device))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        evals = None
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            evals = {"step": step, "loss": loss.item(), **evaluate(net, val_x, val_y, device)}
+            history.append(evals)
+            if evals["val_loss"] < best:
+                best, best_step, bad, best_evals = evals["val_loss"], step, 0, evals
+                save_appearance(net, out, {"train": asdict(cfg), "sbi": asdict(sbi), "step": step, "val": evals,
+                                           "train_identities": train_ids, "val_identities": val_ids,
+                                           "faces": {"train": len(train_faces), "val": len(val_faces)}})
+            else:
+                bad += 1
+            save_state(state, net, opt, step, best, best_step, history)
+            if bad >= cfg.patience:
+                log.info("early stop at step %d (best %d)", step, best_step)
+                if on_step:
+                    on_step(step, loss.item(), evals)
+                break
+        if on_step:
+            on_step(step, loss.item(), evals)
+    return AppearanceResult(best_step, best_evals, step, time.perf_counter() - t0, train_ids, val_ids, history)
+
+
+def describe(result: AppearanceResult) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(result)))

@@ -1,0 +1,116 @@
+"""The appearance embedding and its training on real corpus faces: faces are sampled and cached
+per clip, validation identities never train, the best checkpoint is written and loads, the
+embedding of a crop is deterministic and independent of its batch, resume continues the run
+it left, and bad weights or arguments fail in one line. A tiny network and a few steps: the
+quality of the shipped embedding is measured by the training run itself (model card)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from expose.monitor.errors import ModelFileError
+from expose.monitor.features.appearance import AppearanceConfig, AppearanceEmbedder, load_appearance
+from expose.monitor.features.face_id import FaceSample
+from expose.monitor.training.appearance import (
+    REGION_PX,
+    AppearanceTrainConfig,
+    FaceRegion,
+    collect_faces,
+    split_identities,
+    train_appearance,
+)
+from expose.monitor.training.corpus import CorpusItem
+
+if TYPE_CHECKING:
+    from tests.conftest import Clip
+
+CLIPS = {"acosta": "real/acosta/cnn_01.mp4", "macron": "real/macron/speech_01.mp4",
+         "reagan": "real/reagan/reagan_clip1.mp4", "conan_obrien": "real/conan_obrien/conan_obrien.mp4"}
+TINY = AppearanceConfig(size=48, widths=(8, 16, 32))
+
+
+@pytest.fixture(scope="module")
+def faces(clip: Clip, face_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[FaceRegion]:
+    cache = tmp_path_factory.mktemp("appearance-cache")
+    items = [CorpusItem(clip(rel), who) for who, rel in CLIPS.items()]
+    first = collect_faces(items, face_model, per_clip=6, stride=7, cache_dir=cache)
+    again = collect_faces(items, face_model, per_clip=6, stride=7, cache_dir=cache)  # from the cache
+    assert len(list((cache / "appearance").glob("*.npz"))) == len(items)
+    assert len(first) == len(again) == 6 * len(items)
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.landmarks, b.landmarks)
+               for a, b in zip(first, again, strict=True))
+    return first
+
+
+def test_face_regions_hold_the_face_with_room_for_the_blend(faces: list[FaceRegion]) -> None:
+    for f in faces:
+        assert f.image.shape == (REGION_PX, REGION_PX, 3) and f.landmarks.shape == (478, 2)
+        lo, hi = f.landmarks.min(axis=0), f.landmarks.max(axis=0)
+        # the landmark box is half the region's side, centred
+        assert np.all(lo > 0.2 * REGION_PX) and np.all(hi < 0.8 * REGION_PX)
+        assert max(hi - lo) == pytest.approx(REGION_PX / 2, rel=0.02)
+
+
+def test_validation_identities_never_train_and_the_best_checkpoint_loads(
+        faces: list[FaceRegion], tmp_path: Path) -> None:
+    out = tmp_path / "app.safetensors"
+    cfg = AppearanceTrainConfig(steps=12, batch=6, eval_every=4, patience=10, device="cpu")
+    res = train_appearance(faces, out, TINY, cfg, val_identities=["reagan"])
+    assert res.val_identities == ["reagan"] and "reagan" not in res.train_identities
+    assert len(res.history) == 3 and res.best_step in (4, 8, 12)
+    assert res.best["val_loss"] == min(h["val_loss"] for h in res.history)
+    net, meta = load_appearance(out)
+    assert meta["step"] == res.best_step and meta["val_identities"] == ["reagan"]
+    assert meta["faces"] == {"train": 18, "val": 6}
+    # every validation point is a real crop and its pseudo-fake: an AUC exists
+    assert 0.0 <= res.best["val_auc"] <= 1.0
+    with pytest.raises(ValueError, match="validation identities without faces"):
+        train_appearance(faces, tmp_path / "x.safetensors", TINY, cfg, val_identities=["nobody"])
+    train, val = split_identities(["a", "b", "c", "d", "e"], 0.2, seed=3)
+    assert len(val) == 1 and set(train) | set(val) == {"a", "b", "c", "d", "e"} and not set(train) & set(val)
+
+
+def test_the_embedding_is_deterministic_and_independent_of_the_batch(
+        faces: list[FaceRegion], tmp_path: Path) -> None:
+    out = tmp_path / "app.safetensors"
+    train_appearance(faces, out, TINY, AppearanceTrainConfig(steps=4, batch=4, eval_every=4, device="cpu"))
+    emb = AppearanceEmbedder(out)
+    samples = [FaceSample(f.image, f.landmarks) for f in faces[:5]]
+    batch = emb.embed(samples)
+    assert batch.shape == (5, TINY.dim) and batch.dtype == np.float32 and np.isfinite(batch).all()
+    assert np.array_equal(emb.embed(samples), batch)
+    alone = emb.embed(samples[2:3])
+    assert np.allclose(alone[0], batch[2], atol=1e-5)  # eval mode: batch norm does not mix the batch
+    assert not np.allclose(batch[0], batch[3])
+
+
+def test_resume_continues_where_the_run_stopped(faces: list[FaceRegion], tmp_path: Path) -> None:
+    out = tmp_path / "app.safetensors"
+    first = train_appearance(faces, out, TINY, AppearanceTrainConfig(steps=8, batch=4, eval_every=4, device="cpu"))
+    assert first.steps_run == 8
+    more = train_appearance(faces, out, TINY, AppearanceTrainConfig(steps=12, batch=4, eval_every=4, device="cpu"),
+                            resume=True)
+    assert more.steps_run == 12 and [h["step"] for h in more.history] == [4, 8, 12]
+    assert more.history[:2] == first.history  # the first run's record is kept, not redone
+
+
+def test_bad_weights_and_arguments_fail_in_one_line(tmp_path: Path, clip: Clip) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        load_appearance(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFileError, match="unreadable appearance weights") as err:
+        load_appearance(junk)
+    assert "\n" not in str(err.value)
+    folder = clip(CLIPS["acosta"]).parent  # one identity's folder: nothing is decoded before the check
+    proc = subprocess.run([str(Path(sys.executable).with_name("expose")), "train-appearance", str(folder),
+                           "--out", str(tmp_path / "o.safetensors"), "--exclude", "nobody_here"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--exclude names identities not in the corpus: nobody_here" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
