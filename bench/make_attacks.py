@@ -14,6 +14,9 @@ one-recording identity, a cut of its clip from SPLIT x duration to the end (libx
   tts      the test clip's video with espeak-ng reading a fixed neutral paragraph (English
            voice varied per identity, 150 wpm), muxed as dub. Skipped if espeak-ng is missing.
   lipsync  the corpus lip-sync fakes of news_anchor_zh, claimed as news_anchor_zh.
+  swap     the test clip with the next test identity's face (its test clip's frames, cycled)
+           warped onto every frame along the landmarks, colour-matched and Poisson-blended
+           (bench/face_swap.py; frames at most 640 px a side); the test clip's audio kept.
 
 Each family at quality ``orig`` and ``crf35_360p`` (scale=-2:360, libx264 crf 35, aac 64k,
 made from the same inputs in one encode). Files go to ``~/.cache/expose/attacks`` (--out)
@@ -47,7 +50,8 @@ DEV_SPLIT: dict[str, tuple[list[str], list[str]]] = {
 }
 SPLIT = 0.6
 LIPSYNC = ["face_dain_50fps", "lip_dain_50fps", "none_dain_50fps", "retalking", "sadtalker", "sync_none", "wav2lip"]
-FAMILIES = ["genuine", "dub", "desync", "tts", "lipsync"]
+FAMILIES = ["genuine", "dub", "desync", "tts", "lipsync", "swap"]
+FACE_MODEL = CORPUS.parent / "models" / "face_landmarker.task"
 QUALITIES = ["orig", "crf35_360p"]
 DESYNC_S = 0.48
 VOICES = ["en-us", "en", "en-us+f3", "en+m3"]
@@ -143,6 +147,24 @@ def speak(voice: str) -> Callable[[Path], None]:
     return make
 
 
+def face_swap(target: Path, donor: Path) -> Callable[[Path], None]:
+    """A maker: ``target`` with ``donor``'s face (bench/face_swap.py) and ``target``'s audio."""
+
+    def make(out: Path) -> None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from face_swap import swap_video
+
+        silent = out.with_name(out.stem + ".video.mp4")
+        swap_video(target, donor, silent, FACE_MODEL)
+        ffmpeg(["-i", str(silent), "-i", str(target), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                *AAC_128, "-shortest"], out)
+        silent.unlink()
+
+    return make
+
+
 def plan(out: Path, families: list[str], qualities: list[str]) -> list[Step]:
     idents = [name for name in DEV_SPLIT if name != "news_anchor_zh"]
     steps: list[Step] = []
@@ -180,6 +202,11 @@ def plan(out: Path, families: list[str], qualities: list[str]) -> list[Step]:
         if "tts" in families:
             desc = f"{name} test video + espeak-ng ({voice}) speech, looped/trimmed"
             add("tts", name, name, desc, test[name], wav[name])
+        if "swap" in families:
+            swapped = out / "swaps" / f"{name}_{donor}.mp4"
+            steps.append(Step(swapped, face_swap(test[name], test[donor])))
+            add("swap", name, name, f"{name} test clip with {donor}'s face swapped in (landmark warp, Poisson "
+                "blend), its own audio", swapped, as_is=True)
     if "lipsync" in families:
         for stem in LIPSYNC:
             src = CORPUS / "fake" / "news_anchor_zh" / f"{stem}.mp4"

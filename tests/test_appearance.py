@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 
 from expose.monitor.errors import ModelFileError
-from expose.monitor.features.appearance import AppearanceConfig, AppearanceEmbedder, load_appearance
+from expose.monitor.features.appearance import (
+    AppearanceConfig,
+    AppearanceEmbedder,
+    load_appearance,
+    load_pair_tensors,
+)
 from expose.monitor.features.face_id import FaceSample
+from expose.monitor.model.difffake import PairModel
 from expose.monitor.training.appearance import (
     REGION_PX,
     AppearanceTrainConfig,
@@ -68,6 +74,11 @@ def test_validation_identities_never_train_and_the_best_checkpoint_loads(
     net, meta = load_appearance(out)
     assert meta["step"] == res.best_step and meta["val_identities"] == ["reagan"]
     assert meta["faces"] == {"train": 18, "val": 6}
+    # the DiffFake pair model, fitted on the training identities' real pairs, is in the same file
+    assert meta["pair_model"]["k"] == 3 and 0.0 <= meta["pair_model"]["val_pair_auc"] <= 1.0
+    pair = PairModel.from_tensors(load_pair_tensors(out))
+    emb = AppearanceEmbedder(out).embed([FaceSample(f.image, f.landmarks) for f in faces[:4]])
+    assert pair.distance(emb[:2], emb[2:]).shape == (2,)
     # every validation point is a real crop and its pseudo-fake: an AUC exists
     assert 0.0 <= res.best["val_auc"] <= 1.0
     with pytest.raises(ValueError, match="validation identities without faces"):

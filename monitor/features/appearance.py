@@ -103,13 +103,17 @@ def to_input(crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def save_appearance(net: AppearanceNet, path: Path, meta: dict[str, Any]) -> None:
+def save_appearance(net: AppearanceNet, path: Path, meta: dict[str, Any],
+                    extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write the network's weights (and ``extra`` tensors, e.g. the pair model's) with the
+    configuration and ``meta`` in the header."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    tensors |= {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (extra or {}).items()}
     save_file(tensors, str(tmp), metadata={"format": APPEARANCE_FORMAT, "config": json.dumps(asdict(net.cfg)),
                                            "meta": json.dumps(meta)})
     tmp.replace(path)
@@ -129,7 +133,7 @@ def load_appearance(path: Path) -> tuple[AppearanceNet, dict[str, Any]]:
                 raise ModelFileError(f"{path}: not appearance weights (format {header.get('format')!r})")
             raw = json.loads(header["config"])
             cfg = AppearanceConfig(**{**raw, "widths": tuple(raw["widths"])})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("pair.")}  # noqa: SIM118
         net = AppearanceNet(cfg)
         net.load_state_dict(state)
         meta = json.loads(header.get("meta", "{}"))
@@ -139,6 +143,17 @@ def load_appearance(path: Path) -> tuple[AppearanceNet, dict[str, Any]]:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"unreadable appearance weights {path}: {first}") from None
     return net.eval(), meta
+
+
+def load_pair_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The ``pair.*`` tensors of an appearance weights file (the DiffFake pair model)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith("pair.")}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - one line for any unreadable file
+        raise ModelFileError(f"unreadable appearance weights {path}: {str(err).strip()[:200]}") from None
 
 
 class AppearanceEmbedder:

@@ -103,8 +103,7 @@ def clip_faces(item: CorpusItem, face_model: Path, per_clip: int, stride: int,
             if not isinstance(frame, VideoFrame):
                 continue
             k += 1
-            seen = extractor.observe(frame.image, frame.time)  # every frame: keeps the tracker's clock
-            if seen is None or (k - 1) % stride:
+            if (k - 1) % stride or (seen := extractor.observe(frame.image, frame.time)) is None:
                 continue
             im, lm = _region(frame.image, seen.landmarks)
             images.append(im)
@@ -252,7 +251,53 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
                 break
         if on_step:
             on_step(step, loss.item(), evals)
+    pair = fit_pair_model(out, train_faces, val_faces, net_cfg, sbi, cfg.seed) if best_step > 0 else {}
+    if pair:
+        best_evals = {**best_evals, **pair}
     return AppearanceResult(best_step, best_evals, step, time.perf_counter() - t0, train_ids, val_ids, history)
+
+
+def fit_pair_model(out: Path, train_faces: list[FaceRegion], val_faces: list[FaceRegion], net_cfg: AppearanceConfig,
+                   sbi: SBIConfig, seed: int, per_face: int = 8) -> dict[str, float]:
+    """DiffFake's pair model on the best checkpoint: a mixture fitted on pairs of the training
+    identities' real faces, stored in ``out``; returns its validation AUC (pairs of a validation
+    face with another real face of the same person, against the same references with a
+    pseudo-fake of the face)."""
+    from expose.monitor.features.appearance import load_appearance
+    from expose.monitor.model.difffake import PairModel, same_identity_pairs
+
+    net, meta = load_appearance(out)
+
+    def embed(crops: list[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([net.embed(to_input(np.stack(crops[a:a + 128]))).numpy()
+                                   for a in range(0, len(crops), 128)])
+
+    def crops_of(faces: list[FaceRegion]) -> list[np.ndarray]:
+        return [face_crop(f.image, f.landmarks, net_cfg.size, net_cfg.margin) for f in faces]
+
+    train_emb = embed(crops_of(train_faces))
+    model = PairModel.fit(same_identity_pairs(train_emb, [f.identity for f in train_faces], per_face, seed), seed=seed)
+    result: dict[str, float] = {}
+    if val_faces:
+        real = embed(crops_of(val_faces))
+        fakes = embed([face_crop(self_blend(f.image, f.landmarks, np.random.default_rng([2**31 - 1, j]), sbi).image,
+                                 f.landmarks, net_cfg.size, net_cfg.margin) for j, f in enumerate(val_faces)])
+        ids = np.array([f.identity for f in val_faces])
+        rng = np.random.default_rng(seed)
+        gen, att = [], []
+        for i in range(len(val_faces)):
+            same = np.flatnonzero((ids == ids[i]) & (np.arange(len(ids)) != i))
+            if len(same):
+                refs = real[rng.choice(same, size=min(per_face, len(same)), replace=False)]
+                gen.append(float(model.distance(refs, real[i:i + 1])[0]))
+                att.append(float(model.distance(refs, fakes[i:i + 1])[0]))
+        if gen:
+            result["val_pair_auc"] = roc_auc(np.r_[np.zeros(len(gen)), np.ones(len(att))], np.array(gen + att))
+    save_appearance(net, out, {**meta, "pair_model": {"k": len(model.weights), "covariance": "diag",
+                                                       "normalise": model.normalise, "per_face": per_face, **result}},
+                    extra=model.tensors())
+    return result
 
 
 def describe(result: AppearanceResult) -> dict[str, Any]:
