@@ -214,7 +214,7 @@ def train_appearance(
     batch: Annotated[int, typer.Option(help="Real faces per step (each with a pseudo-fake).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
     eval_every: Annotated[int, typer.Option(help="Steps between validations / checkpoints.")] = 100,
-    patience: Annotated[int, typer.Option(help="Validations without improvement before stopping.")] = 5,
+    patience: Annotated[int, typer.Option(help="Validations without a better AUC before stopping.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed (validation split, sampling, pseudo-fakes, init).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
