@@ -6,7 +6,8 @@ speech activity and the audio rows of a span of ticks (``audio``), phone posteri
 per-stream featurising (``stream``), the feature cache (``cache``), and pretrained
 identity embeddings behind one interface (``embedding``): the dlib face descriptor
 (``face_id``) and the GE2E speaker encoder (``voice_id``), and which ticks of the timeline
-carry them in tracks and windows (``identity``). Offline and live use the same rule
+carry them in tracks and windows (``identity``); the appearance network of DiffFake
+(``appearance``: face crops, the CNN, its weights file). Offline and live use the same rule
 implementations, so a live window equals the offline one.
 
 May import: media
