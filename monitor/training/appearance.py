@@ -38,9 +38,8 @@ import torch
 
 from expose.monitor.errors import MediaError
 from expose.monitor.features.appearance import AppearanceConfig, AppearanceNet, face_crop, save_appearance, to_input
-from expose.monitor.features.expressions import ExpressionExtractor
+from expose.monitor.features.face_id import sample_faces
 from expose.monitor.features.face_model import sha256_file
-from expose.monitor.media.reader import MediaReader, VideoFrame
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import pick_device
 from expose.monitor.training.corpus import CorpusItem
@@ -97,21 +96,9 @@ def clip_faces(item: CorpusItem, face_model: Path, per_clip: int, stride: int,
         if hit.is_file():
             with np.load(hit) as z:
                 return [FaceRegion(item.identity, im, lm) for im, lm in zip(z["images"], z["landmarks"], strict=True)]
-    images, marks = [], []
-    k = 0
-    with MediaReader(str(item.path), require_video=True, require_audio=False) as reader, \
-            ExpressionExtractor(face_model) as extractor:
-        for frame in reader.read(max_side=640):
-            if not isinstance(frame, VideoFrame):
-                continue
-            k += 1
-            if (k - 1) % stride or (seen := extractor.observe(frame.image, frame.time)) is None:
-                continue
-            im, lm = _region(frame.image, seen.landmarks)
-            images.append(im)
-            marks.append(lm)
-            if len(images) >= per_clip:
-                break
+    samples, _ = sample_faces(item.path, face_model, per_clip, stride, max_side=640)
+    regions = [_region(f.image, f.landmarks) for f in samples]
+    images, marks = [r[0] for r in regions], [r[1] for r in regions]
     if cache_dir is not None and images:
         out = Path(cache_dir) / "appearance" / f"{key}.npz"
         out.parent.mkdir(parents=True, exist_ok=True)
