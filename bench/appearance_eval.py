@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from expose.monitor.features.appearance import AppearanceEmbedder, load_pair_tensors
+from expose.monitor.features.appearance import AppearanceEmbedder, load_pair_tensors, to_input
 from expose.monitor.features.face_id import DlibFaceEmbedder, FaceSample, sample_faces
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.difffake import PairModel
@@ -59,9 +60,6 @@ def main() -> None:
     def measure(path: Path) -> tuple[list[FaceSample], np.ndarray, np.ndarray, np.ndarray]:
         faces, _ = sample_faces(path, args.face_model, args.faces, args.stride)
         crops = app.crops(faces)
-        import torch
-
-        from expose.monitor.features.appearance import to_input
         with torch.no_grad():
             emb, logit = app.net(to_input(crops))
         return faces, emb.numpy(), logit.numpy(), dlib_net.embed(faces)

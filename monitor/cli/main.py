@@ -7,9 +7,11 @@ user (ExposeError) are printed as one line on stderr with a non-zero exit status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -126,6 +128,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@contextlib.contextmanager
+def _training_progress(steps: int, val_text: Callable[[dict[str, float]], str],
+                       ) -> Iterator[Callable[[int, float, dict[str, float] | None], None]]:
+    """A training progress bar (loss, and ``val_text`` of the last validation); yields the
+    trainers' ``on_step``. Without a terminal each validation is also one JSON line on stderr."""
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
+
+        def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
+            fields: dict[str, Any] = {"loss": loss}
+            if evals:
+                fields["val"] = val_text(evals)
+                if not err_console.is_terminal:  # no live bar: one line per validation
+                    print(json.dumps(evals), file=sys.stderr, flush=True)
+            bar.update(task, completed=step, **fields)
+
+        yield on_step
+
+
 @app.command()
 def train(
     corpus: Annotated[list[Path], typer.Argument(
@@ -175,19 +198,7 @@ def train(
                        device=device, seed=seed, session_gain=session_gain, mirror=mirror,
                        sync_weight=sync_weight)
     mcfg = ModelConfig(**PRESETS[preset])
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
-
-        def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
-            fields: dict[str, Any] = {"loss": loss}
-            if evals:
-                fields["val"] = f"{evals['val']:.4f}"
-                if not err_console.is_terminal:  # no live bar: one line per validation
-                    print(json.dumps(evals), file=sys.stderr, flush=True)
-            bar.update(task, completed=step, **fields)
-
+    with _training_progress(steps, lambda e: f"{e['val']:.4f}") as on_step:
         res = run_training(tracks, out, mcfg, tcfg, holdout=hold, resume=resume, on_step=on_step)
     report = {
         "out": str(out), "identities": len(res.identities), "windows_train": res.windows_train,
@@ -248,19 +259,7 @@ def train_appearance(
         faces = collect_faces(items, face_model, per_clip, stride, cfg.cache_dir, on_item=lambda _: bar.advance(task))
     tcfg = AppearanceTrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
                                  seed=seed, device=device)
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
-
-        def on_step(step: int, loss: float, evals: dict[str, float] | None) -> None:
-            fields: dict[str, Any] = {"loss": loss}
-            if evals:
-                fields["val"] = f"loss {evals['val_loss']:.4f} auc {evals['val_auc']:.3f}"
-                if not err_console.is_terminal:
-                    print(json.dumps(evals), file=sys.stderr, flush=True)
-            bar.update(task, completed=step, **fields)
-
+    with _training_progress(steps, lambda e: f"loss {e['val_loss']:.4f} auc {e['val_auc']:.3f}") as on_step:
         try:
             res = run_training(faces, out, AppearanceConfig(size=size), tcfg, val_identities=val or None,
                                resume=resume, on_step=on_step)

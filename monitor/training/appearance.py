@@ -22,15 +22,12 @@ head grows overconfident on unseen people, but what the embedding is for is the 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -44,7 +41,7 @@ from expose.monitor.metrics import roc_auc
 from expose.monitor.model.exam import pick_device
 from expose.monitor.training.corpus import CorpusItem
 from expose.monitor.training.sbi import SBIConfig, self_blend
-from expose.monitor.training.train import load_state, save_state, state_path
+from expose.monitor.training.train import EarlyStopping, resume_training, save_state, state_path
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +194,11 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
-    step, best, best_step, history, bad = 0, -float("inf"), -1, [], 0
-    best_evals: dict[str, float] = {}
+    step, stop = 0, EarlyStopping(cfg.patience, higher=True)
+    history: list[dict[str, float]] = []
     state = state_path(out)
     if resume and state.is_file():
-        meta = load_state(state, net, opt, device)
-        step, best, best_step, history = meta["step"], meta["best"], meta["best_step"], meta["history"]
-        best_evals = next((h for h in history if h.get("step") == best_step), {})
-        with warnings.catch_warnings():  # fast-forwarding the schedule, no optimiser step is missed
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(step):
-                sched.step()
-        log.info("resumed at step %d", step)
+        step, history = resume_training(state, net, opt, sched, device, stop)
     t0 = time.perf_counter()
     while step < cfg.steps:
         # the faces and the pseudo-fakes of a step depend only on (seed, step): resuming replays them
@@ -225,25 +215,21 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
         if step % cfg.eval_every == 0 or step == cfg.steps:
             evals = {"step": step, "loss": loss.item(), **evaluate(net, val_x, val_y, device)}
             history.append(evals)
-            if evals["val_auc"] > best:
-                best, best_step, bad, best_evals = evals["val_auc"], step, 0, evals
+            if stop.improved(evals["val_auc"], step):
                 save_appearance(net, out, {"train": asdict(cfg), "sbi": asdict(sbi), "step": step, "val": evals,
                                            "train_identities": train_ids, "val_identities": val_ids,
                                            "faces": {"train": len(train_faces), "val": len(val_faces)}})
-            else:
-                bad += 1
-            save_state(state, net, opt, step, best, best_step, history)
-            if bad >= cfg.patience:
-                log.info("early stop at step %d (best %d)", step, best_step)
-                if on_step:
-                    on_step(step, loss.item(), evals)
-                break
+            save_state(state, net, opt, step, stop.best, stop.best_step, history)
         if on_step:
             on_step(step, loss.item(), evals)
-    pair = fit_pair_model(out, train_faces, val_faces, net_cfg, sbi, cfg.seed) if best_step > 0 else {}
-    if pair:
-        best_evals = {**best_evals, **pair}
-    return AppearanceResult(best_step, best_evals, step, time.perf_counter() - t0, train_ids, val_ids, history)
+        if evals is not None and stop.exhausted:
+            log.info("early stop at step %d (best %d)", step, stop.best_step)
+            break
+    best_evals: dict[str, float] = next((h for h in history if h.get("step") == stop.best_step), {})
+    if stop.best_step > 0:
+        best_evals = {**best_evals, **fit_pair_model(out, train_faces, val_faces, net_cfg, sbi, cfg.seed)}
+    return AppearanceResult(stop.best_step, best_evals, step, time.perf_counter() - t0, train_ids, val_ids,
+                            history)
 
 
 def fit_pair_model(out: Path, train_faces: list[FaceRegion], val_faces: list[FaceRegion], net_cfg: AppearanceConfig,
@@ -299,7 +285,3 @@ def fit_pair_model(out: Path, train_faces: list[FaceRegion], val_faces: list[Fac
                                                            "normalise": model.normalise, "per_face": per_face,
                                                            **result}}, extra=model.tensors())
     return result
-
-
-def describe(result: AppearanceResult) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(result)))

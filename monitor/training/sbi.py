@@ -22,7 +22,7 @@ only inside the blurred mask.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
@@ -208,8 +208,3 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
     out = target + mask[..., None] * (np.clip(source, 0, 255) - target)
     return SelfBlend(np.clip(np.rint(out), 0, 255).astype(np.uint8), mask,
                      hull_mask(image.shape[:2], landmarks), params)
-
-
-def describe(cfg: SBIConfig) -> dict[str, object]:
-    """The configuration as plain values (for a checkpoint's header)."""
-    return asdict(cfg)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -377,6 +378,33 @@ def smoothing_ratios(model: Exam, weights: FusionWeights, tracks: list[CorpusTra
     return bound if measured is None else [max(a, b) for a, b in zip(measured, bound, strict=True)]
 
 
+@dataclass
+class EarlyStopping:
+    """The best validation value so far (lower is better unless ``higher``), its step, and
+    the validations since it last improved. Shared by the EXAM and the appearance trainers."""
+
+    patience: int
+    higher: bool = False
+    best: float = field(init=False)
+    best_step: int = -1
+    bad: int = 0
+
+    def __post_init__(self) -> None:
+        self.best = -math.inf if self.higher else math.inf
+
+    def improved(self, value: float, step: int) -> bool:
+        """Record a validation; True when it is the best so far (then save the checkpoint)."""
+        if value > self.best if self.higher else value < self.best:
+            self.best, self.best_step, self.bad = value, step, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad >= self.patience
+
+
 def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
@@ -415,6 +443,21 @@ def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, d
     return meta
 
 
+def resume_training(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
+                    stop: EarlyStopping) -> tuple[int, list[dict[str, float]]]:
+    """Load a resume state into the model and optimiser, fast-forward the schedule and restore
+    the best validation so far: (step, history)."""
+    meta = load_state(path, model, opt, device)
+    stop.best, stop.best_step = meta["best"], meta["best_step"]
+    with warnings.catch_warnings():  # fast-forwarding the schedule: no optimiser step is missed
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(meta["step"]):
+            sched.step()
+    log.info("resumed at step %d", meta["step"])
+    return meta["step"], meta["history"]
+
+
 def train(
     tracks: list[CorpusTrack],
     out: Path,
@@ -451,14 +494,11 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     amp = device.type == "cuda"
 
-    step, best, best_step, history, bad_evals = 0, float("inf"), -1, [], 0
+    step, stop = 0, EarlyStopping(cfg.patience)
+    history: list[dict[str, float]] = []
     state_file = state_path(out)
     if resume and state_file.is_file():
-        meta = load_state(state_file, model, opt, device)
-        step, best, best_step, history = meta["step"], meta["best"], meta["best_step"], meta["history"]
-        for _ in range(step):
-            sched.step()
-        log.info("resumed at step %d", step)
+        step, history = resume_training(state_file, model, opt, sched, device, stop)
     t_start = time.perf_counter()
     while step < cfg.steps:
         b = sampler.sample(cfg.batch).to(device)
@@ -485,21 +525,16 @@ def train(
             val = float(np.mean(parts)) if parts else float(rec)
             evals["val"] = val
             history.append(evals)
-            if val < best:
-                best, best_step, bad_evals = val, step, 0
+            if stop.improved(val, step):
                 save_model(model, out, {"identities": identities, "train": asdict(cfg), "step": step,
                                         "val": evals})
-            else:
-                bad_evals += 1
-            save_state(state_file, model, opt, step, best, best_step, history)
-            if bad_evals >= cfg.patience:
-                log.info("early stop at step %d (best %d)", step, best_step)
-                if on_step:
-                    on_step(step, loss.item(), evals)
-                break
+            save_state(state_file, model, opt, step, stop.best, stop.best_step, history)
         if on_step:
             on_step(step, loss.item(), evals)
+        if evals is not None and stop.exhausted:
+            log.info("early stop at step %d (best %d)", step, stop.best_step)
+            break
     if val_seen is not None and out.is_file():
         finalize_checkpoint(out, tracks, set(holdout), cfg)
-    return TrainResult(best_step, best, history, time.perf_counter() - t_start, identities,
+    return TrainResult(stop.best_step, stop.best, history, time.perf_counter() - t_start, identities,
                        sampler.n_windows, skipped)
