@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -155,13 +155,81 @@ class StreamConfig(_Strict):
     loop: bool = Field(False, description="Files: start again at the end.")
 
 
-class JsonlExporterConfig(_Strict):
+Severity = Literal["info", "low", "medium", "high", "critical"]
+EventKind = Literal["score", "alert", "stream"]
+BodyFormat = Literal["expose", "ocsf"]
+
+
+class _ExporterBase(_Strict):
+    """What every exporter shares: a name and the filter of what it forwards
+    (``exporters.base.EventFilter``; each event's severity is ``exporters.base.severity_of``)."""
+
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="Label in logs, metrics and the API (default: KIND-N, N its place in the list).")
+    types: list[EventKind] = Field(["alert"], description="Event types forwarded.")
+    min_severity: Severity = Field(
+        "medium", description="Least severity forwarded: alert opened = high; ended, acknowledged, closed and a "
+        "failed stream = medium; an alert's per-window update and a stream going down = low; the rest = info.")
+    streams: list[str] | None = Field(None, description="Only these streams' events (unset: every stream).")
+
+
+class JsonlExporterConfig(_ExporterBase):
     kind: Literal["jsonl"] = "jsonl"
     path: Path = Field(description="File that events are appended to, one JSON object per line.")
-    types: list[Literal["score", "alert", "stream"]] = Field(["alert"], description="Event types written.")
+    min_severity: Severity = Field("info", description="Least severity written (default: everything of `types`).")
+    format: BodyFormat = Field("expose", description="expose: the event as the websocket sends it; ocsf: an OCSF "
+                               "Detection Finding (alert events only; docs/siem.md).")
 
 
-ExporterConfig = JsonlExporterConfig  # a discriminated union on `kind` once there are more
+class WebhookExporterConfig(_ExporterBase):
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(pattern=r"^https?://", description="Where each event is POSTed (JSON body).")
+    secret: SecretStr = Field(description="Standard Webhooks signing secret, whsec_ + base64 (see `expose "
+                              "webhook-secret`); the receiver verifies the webhook-signature header with it.")
+    format: BodyFormat = Field("expose", description="Body: expose (the event) or ocsf (OCSF Detection Finding).")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Per delivery attempt.")
+    max_attempts: int = Field(12, ge=1, le=100, description="Attempts before an entry is dead-lettered.")
+    backoff_initial_s: float = Field(1.0, gt=0, description="Delay before the first retry; doubles per attempt, "
+                                     "with full jitter.")
+    backoff_max_s: float = Field(600.0, gt=0, description="Cap on the delay between attempts.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify an https receiver (default: the system's).")
+
+
+class SyslogExporterConfig(_ExporterBase):
+    kind: Literal["syslog"] = "syslog"
+    host: str = Field(description="Syslog collector address.")
+    port: int | None = Field(None, ge=1, le=65535, description="Default 514 (udp, tcp) or 6514 (tls).")
+    transport: Literal["udp", "tcp", "tls"] = Field("udp", description="udp (RFC 5426), tcp (RFC 6587 octet "
+                                                    "counting) or tls (RFC 5425).")
+    facility: int = Field(10, ge=0, le=23, description="Syslog facility (10: authpriv, security messages).")
+    app_name: str = Field("expose", pattern=r"^[!-~]{1,48}$", description="RFC 5424 APP-NAME.")
+    ca_file: Path | None = Field(None, description="tls: CA bundle that signed the collector's certificate.")
+    cert_file: Path | None = Field(None, description="tls: client certificate, when the collector asks for one.")
+    key_file: Path | None = Field(None, description="tls: the client certificate's key.")
+    server_name: str | None = Field(None, description="tls: name checked in the collector's certificate "
+                                    "(default: host).")
+
+
+class SplunkHecExporterConfig(_ExporterBase):
+    kind: Literal["splunk_hec"] = "splunk_hec"
+    url: str = Field(pattern=r"^https?://", description="HEC base URL, e.g. https://splunk:8088 (events go to "
+                     "/services/collector/event).")
+    token: SecretStr = Field(description="HEC token (header Authorization: Splunk TOKEN).")
+    index: str | None = Field(None, description="Splunk index (default: the token's).")
+    source: str = Field("expose", description="Splunk source field.")
+    sourcetype: str = Field("expose:event", description="Splunk sourcetype field.")
+    batch_size: int = Field(50, ge=1, le=10_000, description="Events per POST at most.")
+    flush_s: float = Field(2.0, gt=0, le=60, description="Longest an event waits for its batch to fill.")
+    max_buffer: int = Field(10_000, ge=10, description="Events held while Splunk is unreachable; beyond, the "
+                            "oldest are dropped and counted.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Per POST.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify an https HEC endpoint.")
+
+
+ExporterConfig = Annotated[
+    JsonlExporterConfig | WebhookExporterConfig | SyslogExporterConfig | SplunkHecExporterConfig,
+    Field(discriminator="kind")]
 
 
 class Config(_Strict):

@@ -17,6 +17,8 @@ PACKAGES=(
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     # the dev evaluation's attack media (bench/make_attacks.py): muxing and re-encoding, synthetic speech
     ffmpeg espeak-ng
+    # SIEM exporter tests (tests/test_syslog.py): a real syslog daemon over UDP, TCP and TLS
+    rsyslog rsyslog-gnutls
 )
 
 say() { echo "install-system-deps: $*"; }

@@ -76,7 +76,7 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
-                       profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters)])
+                       profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters, store.path)])
 
 
 def limit_native_threads(n: int) -> None:
