@@ -36,14 +36,21 @@ class AlertSink(Protocol):
     async def close(self) -> None: ...
 
 
+class EventLog(Protocol):
+    """The monitor's stored events, as a durable sink reads them at start (live.store.LiveStore)."""
+
+    def last_seq(self) -> int: ...
+
+    def events_after(self, seq: int, limit: int) -> list[Event]: ...
+
+
 @runtime_checkable
 class DurableSink(AlertSink, Protocol):
-    """A sink that must not lose an event across a crash: it remembers the last ``seq`` it
-    took, and at start the monitor hands it the stored events after that one."""
+    """A sink that must not lose an event across a crash. It keeps its own cursor (the last
+    ``seq`` it took); ``start``, called by the monitor before any new event, takes the stored
+    events after that cursor (those a crash kept from it) and starts delivering."""
 
-    def resume_after(self) -> int: ...
-
-    async def start(self) -> None: ...
+    async def start(self, log: EventLog) -> None: ...
 
 
 @dataclass

@@ -16,6 +16,7 @@ from expose.monitor.config import (
     SyslogExporterConfig,
     WebhookExporterConfig,
 )
+from expose.monitor.errors import ConfigError
 
 
 def exporter_names(configs: list[ExporterConfig]) -> list[str]:
@@ -29,7 +30,15 @@ def exporter_names(configs: list[ExporterConfig]) -> list[str]:
 
 
 def build_sinks(configs: list[ExporterConfig], state_db: Path | str) -> list[AlertSink]:
-    """``state_db``: the monitor's SQLite file, where durable sinks keep their outbox."""
+    """``state_db``: the monitor's SQLite file, where durable sinks keep their outbox. A bad
+    exporter setting (a secret that is not whsec_, a missing CA file) is a ConfigError."""
+    try:
+        return _build(configs, state_db)
+    except ValueError as err:
+        raise ConfigError(f"exporters: {err}") from None
+
+
+def _build(configs: list[ExporterConfig], state_db: Path | str) -> list[AlertSink]:
     sinks: list[AlertSink] = []
     for name, c in zip(exporter_names(configs), configs, strict=True):
         f = EventFilter.of(c.types, c.min_severity, c.streams)

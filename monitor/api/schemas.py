@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from expose.exporters.base import AlertSink, DeliveryCounts
+from expose.exporters.outbox import OutboxEntry, OutboxState
 from expose.monitor.alerts.events import AlertDetail, AlertSummary, Message, ScoreData
 from expose.monitor.alerts.policy import StreamState
 from expose.monitor.live.monitor import StreamView
@@ -21,8 +23,9 @@ from expose.monitor.live.scoring import ScoringLoop
 from expose.monitor.live.watchdog import Phase
 from expose.profiles.store import Profile
 
-__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "ErrorBody", "Health", "IdleHealth",
-           "ProfileInfo", "ProfileUnreadable", "ScoringStats", "StreamHealthInfo", "StreamInfo"]
+__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "ErrorBody", "ExporterInfo", "Health",
+           "IdleHealth", "OutboxEntryInfo", "ProfileInfo", "ProfileUnreadable", "ScoringStats", "StreamHealthInfo",
+           "StreamInfo"]
 
 
 class _Body(BaseModel):
@@ -156,3 +159,51 @@ class Health(Message):
     streams: int = Field(description="Streams known to the monitor.")
     scoring: ScoringStats = Field(description="Scoring-loop counters.")
     websocket_clients: int = Field(description="Connected websocket clients.")
+
+
+class DeliveryCountsInfo(Message):
+    """What an exporter has done since the monitor started."""
+
+    delivered: int = Field(description="Events the peer accepted.")
+    retried: int = Field(description="Attempts that failed and were (or will be) tried again.")
+    dead_lettered: int = Field(description="Given up: too many attempts, or refused for good (a 4xx).")
+    dropped: int = Field(description="Lost without a try: a bounded buffer overflowed.")
+
+    @classmethod
+    def of(cls, counts: DeliveryCounts) -> DeliveryCountsInfo:
+        return cls.model_validate(dataclasses.asdict(counts))
+
+
+class ExporterInfo(Message):
+    """One configured exporter (the websocket hub is not one)."""
+
+    name: str = Field(description="Its label (config `name`, default KIND-N).")
+    kind: str = Field(description="jsonl, webhook, syslog or splunk_hec.")
+    counts: DeliveryCountsInfo | None = Field(description="Since start; null for a sink that talks to no peer.")
+    outbox: dict[OutboxState, int] | None = Field(
+        description="Durable outbox rows by state (webhook only; delivered rows are kept 7 days).")
+
+    @classmethod
+    def of(cls, sink: AlertSink, kind: str) -> ExporterInfo:
+        counts = getattr(sink, "counts", None)
+        outbox = getattr(sink, "outbox", None)
+        return cls(name=sink.name, kind=kind, counts=DeliveryCountsInfo.of(counts) if counts is not None else None,
+                   outbox=outbox.counts(sink.name) if outbox is not None else None)
+
+
+class OutboxEntryInfo(Message):
+    """One webhook delivery in the durable outbox."""
+
+    id: str = Field(description="The webhook-id header (the receiver's idempotency key).")
+    seq: int = Field(description="The event's seq.")
+    state: OutboxState = Field(description="pending, delivered, or dead (dead-lettered: no more attempts).")
+    attempts: int = Field(description="Attempts made.")
+    next_at: float = Field(description="Pending: not attempted before this time (epoch seconds).")
+    created_at: float = Field(description="When the event was queued (epoch seconds).")
+    updated_at: float = Field(description="Last change (epoch seconds).")
+    last_error: str = Field(description="Why the last attempt failed; empty after a success.")
+
+    @classmethod
+    def of(cls, e: OutboxEntry) -> OutboxEntryInfo:
+        return cls(id=e.id, seq=e.seq, state=e.state, attempts=e.attempts, next_at=e.next_at,
+                   created_at=e.created_at, updated_at=e.updated_at, last_error=e.last_error)

@@ -171,3 +171,13 @@ async def _drain(monitor: LiveMonitor, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.1)  # the events of the last batch reach the sinks
 
+
+
+@app.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print a new Standard Webhooks signing secret (whsec_ + 32 random bytes, base64): put it in a
+    webhook exporter's `secret` and give it to the receiver, which verifies the signatures with it."""
+    import base64
+    import secrets
+
+    out.print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(), markup=False, highlight=False)

@@ -96,6 +96,17 @@ class LiveStore:
                                     "LIMIT ?", (seq, limit)).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
+    def events_after(self, seq: int, limit: int = 10_000) -> list[Event]:
+        """The typed events after ``seq`` (what a durable sink replays at start); a stored body
+        that no longer reads back is skipped with a warning."""
+        out: list[Event] = []
+        for e in self.events_since(seq, limit):
+            try:
+                out.append(e.event())
+            except ValueError as err:  # pydantic's ValidationError is a ValueError
+                log.warning("event %d does not read back, skipped: %s", e.seq, err)
+        return out
+
     def last_seq(self) -> int:
         with self._lock:
             # AUTOINCREMENT keeps seq increasing across pruning and restarts
