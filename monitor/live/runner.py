@@ -125,6 +125,7 @@ class StreamRunner:
         self._dropped_before = 0  # from sources of earlier connections
         self._skipped_before = 0
         self._windows = 0
+        self.frames_received = 0  # video frames taken from the source, all connections (/metrics)
         self._losses = LossTracker()
         self._media_end = 0.0  # stream seconds reached by earlier connections
         self._stopping = False
@@ -254,6 +255,7 @@ class StreamRunner:
             if isinstance(item, VideoFrame):
                 now = time.monotonic()
                 self._frame_times.append(now)
+                self.frames_received += 1
                 self._losses.update(sum(self._lost()), now)
                 self._set_state(wd.on_frame(self.state, now, self._wd_settings))
             windows = await loop.run_in_executor(self._pool, feat.push, item)

@@ -61,6 +61,7 @@ class ScoringLoop:
         self.scored = 0
         self.last_batch_size = 0
         self.last_latency_s: float | None = None
+        self.last_batch_s: float | None = None  # duration of the last scorer call (read by on_scores)
         self._in_flight = False
 
     def submit(self, request: QueuedWindow) -> None:
@@ -100,6 +101,7 @@ class ScoringLoop:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _score_batch(self, loop: asyncio.AbstractEventLoop, batch: list[QueuedWindow]) -> None:
+        started = time.monotonic()
         try:
             scores = await loop.run_in_executor(self._pool, self._score, batch)
         except Exception:  # a scorer failure must not end live monitoring
@@ -111,6 +113,7 @@ class ScoringLoop:
         self.scored += len(results)
         self.last_batch_size = len(results)
         self.last_latency_s = max(r.latency_s for r in results)
+        self.last_batch_s = now - started
         await self._on_scores(results)
 
     def _score(self, batch: list[QueuedWindow]) -> list[Score]:
