@@ -51,7 +51,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra = 200, {}
+                status, extra = 200, dict[str, str]()
                 if self.path != rx.path:
                     status = 404
                 elif rx.verify is not None:
