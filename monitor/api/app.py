@@ -21,9 +21,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from expose.exporters.outbox import OutboxState
 from expose.exporters.websocket import WebsocketHub
 from expose.monitor import __version__
 from expose.monitor.alerts.events import AlertDetail, HeartbeatEvent
@@ -32,8 +34,10 @@ from expose.monitor.api.schemas import (
     AckBody,
     CloseBody,
     ErrorBody,
+    ExporterInfo,
     Health,
     IdleHealth,
+    OutboxEntryInfo,
     ProfileInfo,
     ProfileUnreadable,
     ScoringStats,
@@ -216,6 +220,35 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     async def close(alert_id: str, body: CloseBody) -> AlertDetail:
         """Close an open or acknowledged alert, with a reason: returns it updated."""
         return AlertDetail.of(monitor.close(alert_id, body.by, body.reason))
+
+    @api.get("/exporters", tags=["exporters"])
+    async def list_exporters() -> list[ExporterInfo]:
+        """The configured exporters: deliveries since start and, for webhooks, the outbox by state."""
+        return [ExporterInfo.of(s, kind) for s, kind in monitor.exporters()]
+
+    @api.get("/exporters/{name}/outbox", tags=["exporters"],
+             responses=_errors({404: "no such exporter, or it has no outbox"}))
+    async def exporter_outbox(name: str, state: OutboxState | None = None,
+                              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[OutboxEntryInfo]:
+        """A webhook exporter's deliveries, newest first; ``?state=dead`` lists the dead-lettered."""
+        return [OutboxEntryInfo.of(e) for e in monitor.outbox(name).entries(name, state, limit)]
+
+    @api.post("/exporters/{name}/outbox/{entry_id}/retry", tags=["exporters"],
+              responses=_errors({404: "no such exporter, or no dead entry with that id"}))
+    async def retry_outbox(name: str, entry_id: str) -> OutboxEntryInfo:
+        """Queue a dead-lettered delivery again (its attempts start from zero)."""
+        box = monitor.outbox(name)
+        if not box.retry(name, entry_id):
+            raise NotFound(f"no dead entry {entry_id!r} in exporter {name!r}")
+        monitor.wake_exporter(name)
+        return next(OutboxEntryInfo.of(e) for e in box.entries(name) if e.id == entry_id)
+
+    # Prometheus text format, not JSON: documented in docs/siem.md, not in the OpenAPI schema
+    # (whose clients have no use for it). The same token as /api (scrape_configs: authorization).
+    @app.get("/metrics", dependencies=[Depends(auth)], include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics (monitor.live.telemetry); read on the event loop, as the streams change there."""
+        return Response(monitor.telemetry.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Health:

@@ -22,9 +22,12 @@ from expose.monitor.alerts.events import AlertDetail, AlertSummary, Envelope, Ev
 from expose.monitor.api.schemas import (
     AckBody,
     CloseBody,
+    DeliveryCountsInfo,
     ErrorBody,
+    ExporterInfo,
     Health,
     IdleHealth,
+    OutboxEntryInfo,
     ProfileInfo,
     ProfileUnreadable,
     ScoringStats,
@@ -38,7 +41,8 @@ BEGIN = ("<!-- BEGIN reference: generated from the models by "
 END = "<!-- END reference -->"
 
 RESPONSES: tuple[type[BaseModel], ...] = (StreamInfo, StreamHealthInfo, IdleHealth, ProfileInfo, ProfileUnreadable,
-                                          AlertDetail, AlertSummary, Health, ScoringStats, ErrorBody)
+                                          AlertDetail, AlertSummary, Health, ScoringStats, ExporterInfo,
+                                          DeliveryCountsInfo, OutboxEntryInfo, ErrorBody)
 # (StreamConfig is also a [[streams]] entry of the config file: its docstring is not about HTTP)
 REQUESTS: tuple[tuple[type[BaseModel], str], ...] = (
     (StreamConfig, "The body of `POST /api/streams`."), (AckBody, "The body of `POST /api/alerts/{alert_id}/ack`."),

@@ -23,9 +23,9 @@ from expose.monitor.live.scoring import ScoringLoop
 from expose.monitor.live.watchdog import Phase
 from expose.profiles.store import Profile
 
-__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "ErrorBody", "ExporterInfo", "Health",
-           "IdleHealth", "OutboxEntryInfo", "ProfileInfo", "ProfileUnreadable", "ScoringStats", "StreamHealthInfo",
-           "StreamInfo"]
+__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "DeliveryCountsInfo", "ErrorBody", "ExporterInfo",
+           "Health", "IdleHealth", "OutboxEntryInfo", "ProfileInfo", "ProfileUnreadable", "ScoringStats",
+           "StreamHealthInfo", "StreamInfo"]
 
 
 class _Body(BaseModel):

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from expose.exporters.base import AlertSink
+from expose.exporters.base import AlertSink, DurableSink
+from expose.exporters.outbox import Outbox
 from expose.monitor.alerts.events import (
     AlertChange,
     AlertDetail,
@@ -49,6 +50,7 @@ from expose.monitor.live import watchdog as wd
 from expose.monitor.live.runner import StreamHealth, StreamRunner
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop
 from expose.monitor.live.store import LiveStore
+from expose.monitor.live.telemetry import Telemetry
 from expose.monitor.media.sources import PullSource
 from expose.monitor.media.whip import WhipSession, open_session
 from expose.monitor.model.scorer import Scorer
@@ -120,9 +122,13 @@ class LiveMonitor:
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+        self.telemetry = Telemetry(lambda: self._streams, lambda: self.sinks)  # GET /metrics
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        for sink in self.sinks:  # before any new event: a durable sink first takes what a crash kept from it
+            if isinstance(sink, DurableSink):
+                await sink.start(self.store)
         self._tasks = [asyncio.create_task(self.loop.run(), name="scoring-loop"),
                        asyncio.create_task(self._dispatch(), name="event-dispatch"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
@@ -339,6 +345,7 @@ class LiveMonitor:
 
     async def _on_scores(self, results: list[ScoredWindow]) -> None:
         now = time.time()
+        self.telemetry.batch(len(results), self.loop.last_batch_s)
         for r in results:
             entry = self._streams.get(r.score.stream)
             if entry is None:
@@ -363,9 +370,12 @@ class LiveMonitor:
                 alert_id=step.state.alert.id if step.state.alert is not None else None,
             )
             entry.last_score = data
+            self.telemetry.window(s.stream, s.status, r.latency_s)
             self.emit(s.stream, data)
             if step.alert is not None:
                 self.store.put_alert(step.alert)
+                if step.change == "opened":
+                    self.telemetry.alert_opened(step.alert.profile)
                 if step.change == "opened" or step.change == "ended":
                     self.emit(s.stream, AlertChange(action=step.change, alert=AlertDetail.of(step.alert)))
                 else:  # one per window while it lasts: the summary, not the evidence again
@@ -397,6 +407,26 @@ class LiveMonitor:
         self.store.put_alert(updated)
         self.emit(updated.stream, AlertChange(action=action, alert=AlertDetail.of(updated)))
         return updated
+
+    # ---- exporters -------------------------------------------------------------------
+    def exporters(self) -> list[tuple[AlertSink, str]]:
+        """The configured exporters with their kind (the sinks the composition root added
+        from ``cfg.exporters``, in order, are the last ones)."""
+        n = len(self.cfg.exporters)
+        configured = self.sinks[len(self.sinks) - n:] if n else []
+        return [(s, c.kind) for s, c in zip(configured, self.cfg.exporters, strict=True)]
+
+    def outbox(self, name: str) -> Outbox:
+        for sink, _ in self.exporters():
+            box = getattr(sink, "outbox", None)
+            if sink.name == name and isinstance(box, Outbox):
+                return box
+        raise NotFound(f"no exporter {name!r} with an outbox")
+
+    def wake_exporter(self, name: str) -> None:
+        for sink, _ in self.exporters():
+            if sink.name == name and hasattr(sink, "wake"):
+                sink.wake()
 
     # ---- views -----------------------------------------------------------------------
     def stream_names(self) -> list[str]:
