@@ -217,6 +217,7 @@ def demo(
     Needs nothing but expose and the face model; see monitor/assets/samples/README.md for the clips.
     """
     from expose.monitor.api.serve import bind, build_service, uvicorn_server
+    from expose.profiles.crypto import configured_key
     from expose.profiles.store import ProfileStore
 
     missing = [p.name for p in (REFERENCE, GENUINE, VOICE) if not p.is_file()]
@@ -225,7 +226,8 @@ def demo(
     cfg = load_cli_config(config)
     with tempfile.TemporaryDirectory(prefix="expose-demo-") as tmp_name:
         tmp = Path(tmp_name)
-        store = ProfileStore(profiles or tmp / "profiles")
+        root = profiles or tmp / "profiles"
+        store = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))
         # the outcome was measured with the starter model (assets/samples/README.md)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": STARTER_MODEL})})
         err_console.print(_sample_profile(cfg, store), highlight=False, soft_wrap=True)

@@ -277,6 +277,15 @@ def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def
     return load_model(model if model is not None else cfg.model.path, cfg.model.decision)
 
 
+def _profile_store(cfg: Config, profiles: Path | None):  # type: ignore[no-untyped-def]
+    """The profile store with the configured key (env EXPOSE_PROFILES_KEY, profiles_key_file; none: clear text)."""
+    from expose.profiles.crypto import configured_key
+    from expose.profiles.store import ProfileStore
+
+    root = profiles or cfg.profiles_dir
+    return ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))
+
+
 def _track_reference(cache: FeatureCache, path: Path):  # type: ignore[no-untyped-def]
     from expose.profiles.store import Reference
 
@@ -299,11 +308,11 @@ def enroll(
     """Enroll a subject: learn their adapter tokens on the frozen base model and calibrate a threshold."""
     from expose.profiles.enroll import CALIBRATED_ON_REFERENCE, EnrollConfig, EnrollError
     from expose.profiles.enroll import enroll as run_enroll
-    from expose.profiles.store import ProfileStore, check_name
+    from expose.profiles.store import check_name
 
     check_name(name)
     cfg = load_cli_config(config)
-    store = ProfileStore(profiles or cfg.profiles_dir)
+    store = _profile_store(cfg, profiles)
     if store.exists(name) and not force:
         raise ExposeError(f"profile {name!r} already exists in {store.root}; use --force to replace it")
     base = _base_model(cfg, model)
@@ -323,6 +332,8 @@ def enroll(
         except EnrollError as err:
             raise ExposeError(f"cannot enroll {name!r}: {err}") from None
     where = store.save(profile)
+    if store.key is None and (warning := store.unencrypted_warning()):  # README: Profiles are biometric data
+        err_console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     c = profile.calibration
     print(f"enrolled {name!r} from {sum(r.duration_s for _, r in refs):.1f} s of reference in "
           f"{time.perf_counter() - t0:.1f} s -> {where}")
@@ -348,25 +359,27 @@ def enroll(
                           "alarms. Enroll from a minute or more of footage.")
 
 
-profiles_app = typer.Typer(help="List, show and delete enrolled profiles.", no_args_is_help=True)
+profiles_app = typer.Typer(help="List, show, erase, encrypt, export and import enrolled profiles (biometric "
+                           "data: see README, Profiles are biometric data).", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 
 
 @profiles_app.command("list")
 def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False,
                   config: ConfigOpt = None) -> None:
-    """List enrolled profiles."""
-    from expose.profiles.store import ProfileError, ProfileStore
+    """List enrolled profiles: encrypted or clear text, and why one cannot be read (e.g. no or another key)."""
+    from expose.profiles.store import ProfileError
 
-    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)
+    store = _profile_store(load_cli_config(config), profiles)
     rows: list[dict[str, object]] = []
     for n in store.names():
+        enc = {"encrypted": store.is_encrypted(n), "key_id": store.key_id_of(n)}
         try:
             p = store.load(n)
         except ProfileError as err:  # one unreadable profile must not hide the others
-            rows.append({"name": n, "error": str(err)})
+            rows.append({"name": n, **enc, "error": str(err)})
             continue
-        rows.append({"name": n, "created": p.created, "references": len(p.references),
+        rows.append({"name": n, **enc, "created": p.created, "references": len(p.references),
                      "reference_s": round(sum(r.duration_s for r in p.references), 1),
                      "threshold": round(p.calibration.threshold, 4), "base_model": p.base_model_sha256[:12]})
     if as_json:
@@ -379,7 +392,8 @@ def profiles_list(profiles: ProfilesOpt = None, as_json: Annotated[bool, typer.O
                 print(f"{r['name']:<24} UNUSABLE: {r['error']}")
             else:
                 print(f"{r['name']:<24} {r['created']}  {r['references']} refs, {r['reference_s']} s, "
-                      f"threshold {r['threshold']}, base {r['base_model']}")
+                      f"threshold {r['threshold']}, base {r['base_model']}, "
+                      + (f"encrypted (key id {r['key_id']})" if r["encrypted"] else "clear text"))
 
 
 @profiles_app.command("show")
@@ -387,9 +401,7 @@ def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = N
     """Print one profile's metadata as JSON."""
     from dataclasses import asdict
 
-    from expose.profiles.store import ProfileStore
-
-    p = ProfileStore(profiles or load_cli_config(config).profiles_dir).load(name)
+    p = _profile_store(load_cli_config(config), profiles).load(name)
     meta = {k: v for k, v in asdict(p).items() if k not in ("tokens", "identity")}
     meta["tokens_shape"] = list(p.tokens.shape)
     meta["face_references"], meta["voice_references"] = len(p.identity.face), len(p.identity.voice)
@@ -398,22 +410,140 @@ def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = N
 
 @profiles_app.command("delete")
 def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = None) -> None:
-    """Delete a profile."""
+    """Erase a profile: its files are overwritten with zeros and fsynced, then removed (no key needed).
+
+    A running `expose serve` keeps a profile it has loaded until it restarts. Overwriting cannot reach copies
+    kept by SSD wear levelling, copy-on-write file systems or snapshots: encrypt profiles (README).
+    """
     from expose.profiles.store import ProfileStore
 
-    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)
+    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)  # erasing needs no key
     store.delete(name)
-    print(f"deleted profile {name!r} from {store.root}")
+    print(f"erased profile {name!r} from {store.root} (overwritten, then removed)")
+
+
+def _passphrase(passphrase_file: Path | None, confirm: bool) -> str:
+    """--passphrase-file (its first line), else env EXPOSE_EXPORT_PASSPHRASE, else a prompt on a terminal."""
+    import os
+
+    from expose.profiles.crypto import PASSPHRASE_ENV
+
+    if passphrase_file is not None:
+        try:
+            lines = passphrase_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ExposeError(f"cannot read passphrase file {passphrase_file}: {err}") from None
+        if not lines or not lines[0]:
+            raise ExposeError(f"passphrase file {passphrase_file} is empty")
+        return lines[0]
+    if env := os.environ.get(PASSPHRASE_ENV):
+        return env
+    if not sys.stdin.isatty():
+        raise ExposeError(f"no passphrase: give --passphrase-file FILE or set {PASSPHRASE_ENV} (no terminal to ask on)")
+    return str(typer.prompt("bundle passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+PassphraseOpt = Annotated[Path | None, typer.Option(
+    "--passphrase-file", help="File whose first line is the bundle passphrase (else env EXPOSE_EXPORT_PASSPHRASE, "
+    "else a prompt).", dir_okay=False)]
+
+
+@profiles_app.command("keygen")
+def profiles_keygen(
+    out_file: Annotated[Path, typer.Option("--out", help="Key file to create (mode 0600; never overwritten). Keep "
+                                           "it outside the profiles folder, and a backup of it: without it "
+                                           "encrypted profiles cannot be read.", dir_okay=False)],
+    profiles: ProfilesOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Write a new random 32-byte profiles key (base64) to a new file."""
+    from expose.profiles.crypto import write_key_file
+
+    key = write_key_file(out_file, profiles or load_cli_config(config).profiles_dir)
+    print(f"wrote a new profiles key (key id {key.key_id}) to {out_file}; use it with profiles_key_file = "
+          f"\"{out_file}\" in the config or EXPOSE_PROFILES_KEY_FILE={out_file}, then: expose profiles encrypt")
+
+
+@profiles_app.command("encrypt")
+def profiles_encrypt(profiles: ProfilesOpt = None, config: ConfigOpt = None) -> None:
+    """Encrypt every clear-text profile in place with the configured key (the clear files are erased)."""
+    store = _profile_store(load_cli_config(config), profiles)
+    if store.key is None:
+        raise ExposeError("no profiles key configured: set profiles_key_file (or env EXPOSE_PROFILES_KEY_FILE, "
+                          "EXPOSE_PROFILES_KEY); make one with: expose profiles keygen --out FILE")
+    names = store.names()
+    done = [n for n in names if store.encrypt(n)]
+    print(f"encrypted {len(done)} profile(s) with key id {store.key.key_id}"
+          + (f": {', '.join(done)}" if done else "") + f"; {len(names) - len(done)} already encrypted")
+
+
+@profiles_app.command("export")
+def profiles_export(
+    name: str,
+    out_file: Annotated[Path, typer.Option("--out", help="Bundle to write (NAME.expose-profile; mode 0600).",
+                                           dir_okay=False)],
+    passphrase_file: PassphraseOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    profiles: ProfilesOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Write one profile to a bundle encrypted with a passphrase (AES-256-GCM, scrypt key), to move it to another
+    machine: `expose profiles import` reads it."""
+    import os
+
+    from expose.profiles.crypto import seal_bundle
+
+    store = _profile_store(load_cli_config(config), profiles)
+    meta, tokens = store.read_files(name)
+    store.load(name)  # refuse to export a damaged profile
+    blob = seal_bundle(meta, tokens, _passphrase(passphrase_file, confirm=True))
+    try:
+        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL), 0o600)
+    except FileExistsError:
+        raise ExposeError(f"{out_file} exists; use --force to replace it") from None
+    except OSError as err:
+        raise ExposeError(f"cannot write {out_file}: {err.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    print(f"exported profile {name!r} to {out_file} ({len(blob)} bytes, encrypted with the passphrase)")
+
+
+@profiles_app.command("import")
+def profiles_import(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `expose profiles export`.", dir_okay=False)],
+    new_name: Annotated[str | None, typer.Option("--name", help="Store it under this name (default: its own).")
+                        ] = None,
+    passphrase_file: PassphraseOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile of that name.")] = False,
+    profiles: ProfilesOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Read a profile bundle into the store (encrypted with the configured key, if any)."""
+    import dataclasses
+
+    from expose.profiles.crypto import open_bundle
+    from expose.profiles.store import check_name, decode_profile
+
+    store = _profile_store(load_cli_config(config), profiles)
+    try:
+        blob = bundle.read_bytes()
+    except OSError as err:
+        raise ExposeError(f"cannot read {bundle}: {err.strerror}") from None
+    meta, tokens = open_bundle(blob, _passphrase(passphrase_file, confirm=False), str(bundle))
+    profile = decode_profile(str(new_name or bundle.stem), meta, tokens, bundle)
+    name = check_name(new_name or profile.name)
+    if store.exists(name) and not force:
+        raise ExposeError(f"profile {name!r} already exists in {store.root}; use --force to replace it, or --name")
+    store.save(dataclasses.replace(profile, name=name))
+    print(f"imported profile {name!r} into {store.root} ("
+          + (f"encrypted, key id {store.key.key_id})" if store.key is not None else "clear text)"))
+    if store.key is None and (warning := store.unencrypted_warning()):
+        err_console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
 
 
 def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, names: set[str]):  # type: ignore[no-untyped-def]
     """Load the base model and the named profiles, refusing profiles of another base model."""
     from expose.monitor.model.exam import pick_device
     from expose.monitor.model.scorer import Scorer
-    from expose.profiles.store import ProfileStore
-
     base = _base_model(cfg, model)
-    store = ProfileStore(profiles or cfg.profiles_dir)
+    store = _profile_store(cfg, profiles)
     loaded = {}
     for n in sorted(names):
         p = store.load(n)
