@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_live.py                          # defaults: at most ~6 minutes
     .venv/bin/python bench/bench_live.py --max-streams 4 --level-seconds 20 --memory-seconds 90 --json
     .venv/bin/python bench/bench_live.py --no-identity             # without face / voice embeddings
+    nice .venv/bin/python bench/bench_live.py --max-streams 0 --memory-seconds 1800 --memory-streams 3  # soak
+    .venv/bin/python bench/bench_live.py --max-streams 0 --memory-seconds 180 --memory-streams 2 --tracemalloc 8
 
 One process, the real pipeline of `expose serve` without its HTTP front: the LiveMonitor
 (PullSource -> StreamRunner with MediaPipe and the audio features -> the shared
@@ -23,6 +25,9 @@ streams (paced at their own frame rate, as a camera would deliver them).
 2. Memory: --memory-streams looping streams for --memory-seconds; the process RSS is
    sampled every 2 s: steady-state growth per stream and the drift over the run (a leak
    shows as a steady slope). RSS per capacity level gives the marginal cost of a stream too.
+   ``--max-streams 0`` runs only this (a soak); ``--tracemalloc FRAMES`` also snapshots the
+   Python heap at 1/3 and at the end and prints the allocation sites that grew, next to the
+   RSS growth (what the heap does not explain is native memory).
 
 Instrumentation only: ``expose.monitor.live.monitor.PullSource`` is replaced by a subclass that notes
 when each video frame is delivered and taken (the same calls, timed), as
@@ -58,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None,
                    help="EXAM checkpoint (default: model.path of the default config if that file exists, else an "
                    "untrained model of the default size, which costs the same to run)")
-    p.add_argument("--max-streams", type=int, default=8, help="highest level tried")
+    p.add_argument("--max-streams", type=int, default=8, help="highest level tried (0: only the memory run)")
     p.add_argument("--level-seconds", type=float, default=25.0, help="duration of each level, warm-up included")
     p.add_argument("--warmup-seconds", type=float, default=8.0,
                    help="not measured: landmarker start-up and the first window (2.56 s of media)")
@@ -98,11 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory run's own process
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                   help="memory run: trace Python allocations (FRAMES frames per traceback), snapshot at 1/3 and at "
+                        "the end, print the top growing sites and the Python-heap vs RSS growth to stderr "
+                        "(slows the run; native memory does not show)")
     args = p.parse_args(argv)
     if args.warmup_seconds + 5 > args.level_seconds:
         p.error("--level-seconds must leave at least 5 s after --warmup-seconds")
-    if args.max_streams < 1:
-        p.error("--max-streams must be at least 1")
+    if args.max_streams < 0 or (args.max_streams == 0 and args.memory_seconds <= 0):
+        p.error("--max-streams must be at least 1 (0: only the memory run, which needs --memory-seconds)")
     return args
 
 
@@ -151,11 +161,15 @@ class ScoreSink:
 
     def __init__(self) -> None:
         self.scores: list[tuple[float, str, float, str, float]] = []  # (mono, stream, t1, status, scoring s)
+        self.record = True  # False: only count (the memory run: a list of every score would grow)
+        self.count = 0
 
     async def send(self, event: Any) -> None:
         if event.type == "score":
-            d = event.data
-            self.scores.append((time.monotonic(), event.stream, d["t1"], d["status"], d["latency_s"]))
+            self.count += 1
+            if self.record:
+                d = event.data
+                self.scores.append((time.monotonic(), event.stream, d["t1"], d["status"], d["latency_s"]))
 
     async def close(self) -> None:
         pass
@@ -339,23 +353,58 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
             "sustained": not reasons, "behind_because": reasons, "per_stream": per_stream}
 
 
+def trace_report(first: tuple[Any, float, float], last: tuple[Any, float, float], top: int = 25) -> None:
+    """The Python-heap growth between two tracemalloc snapshots against the RSS growth (what the
+    heap does not explain is native: MediaPipe, torch, BLAS arenas, malloc fragmentation), and
+    the allocation sites that grew most, to stderr."""
+    (s1, rss1, t1), (s2, rss2, t2) = first, last
+    keep = [tracemalloc.Filter(False, "<frozen importlib._bootstrap>"), tracemalloc.Filter(False, "<unknown>"),
+            tracemalloc.Filter(False, tracemalloc.__file__)]
+    s1, s2 = s1.filter_traces(keep), s2.filter_traces(keep)
+    heap1 = sum(st.size for st in s1.statistics("filename")) / 2**20
+    heap2 = sum(st.size for st in s2.statistics("filename")) / 2**20
+    minutes = max(1e-9, (t2 - t1) / 60)
+    print(f"tracemalloc {t1:.0f}-{t2:.0f} s: Python heap {heap1:.1f} -> {heap2:.1f} MB "
+          f"({(heap2 - heap1) / minutes:+.2f} MB/min); RSS {rss1:.1f} -> {rss2:.1f} MB "
+          f"({(rss2 - rss1) / minutes:+.2f} MB/min)", file=sys.stderr)
+    for st in s2.compare_to(s1, "traceback")[:top]:
+        print(f"{st.size_diff / 1024:+10.1f} KiB {st.count_diff:+8d} blocks  (now {st.size / 1024:.1f} KiB)",
+              file=sys.stderr)
+        for line in st.traceback.format(limit=6, most_recent_first=True):
+            print("    " + line, file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run_memory(monitor: Any, sink: ScoreSink, n: int, clip: Path, args: argparse.Namespace,
                      tmp: Path) -> dict[str, Any]:
     REC.enabled = False  # nothing of the bench's own grows during this run
     REC.clear()
     sink.scores.clear()
+    sink.record, sink.count = False, 0
     gc.collect()
+    if args.tracemalloc:
+        tracemalloc.start(args.tracemalloc)
     before = rss_mb()
     t0 = time.monotonic()
     streams = await add_streams(monitor, clip, "mem", n, tmp, loop=True)
     samples: list[tuple[float, float]] = []
+    first: tuple[Any, float, float] | None = None  # (snapshot, rss, seconds) at 1/3 of the run
     while time.monotonic() < t0 + args.memory_seconds:
         await asyncio.sleep(2.0)
         samples.append((time.monotonic() - t0, rss_mb()))
+        if args.tracemalloc and first is None and samples[-1][0] >= args.memory_seconds / 3:
+            gc.collect()
+            first = (tracemalloc.take_snapshot(), rss_mb(), samples[-1][0])
+    if args.tracemalloc and first is not None:
+        gc.collect()
+        trace_report(first, (tracemalloc.take_snapshot(), rss_mb(), time.monotonic() - t0))
+        tracemalloc.stop()
     health = [monitor.view(name).health for name, _ in streams]
-    windows = len(sink.scores)
+    windows = sink.count
+    db = sum(f.stat().st_size for f in tmp.glob("monitor.sqlite3*"))  # the events table and its WAL (disk)
     await remove_all(monitor)
-    second_half = [(t, r) for t, r in samples if t >= args.memory_seconds / 2]
+    half = args.memory_seconds / 2
+    second_half = [(t, r) for t, r in samples if t >= half]
     steady = statistics.median(r for _, r in second_half) if second_half else samples[-1][1]
     slope = None
     if len(second_half) >= 3:  # least squares, MB per minute
@@ -363,10 +412,20 @@ async def run_memory(monitor: Any, sink: ScoreSink, n: int, clip: Path, args: ar
         mr = statistics.fmean(r for _, r in second_half)
         var = sum((t - mt) ** 2 for t, _ in second_half)
         slope = sum((t - mt) * (r - mr) for t, r in second_half) / var * 60 if var else None
+    # Drift over the second half: RSS at its start against RSS at the end, each the median of
+    # a minute of samples (at most a sixth of the run), so that the saw-tooth of a looping
+    # stream's reconnects (a source's queue and buffers freed, then refilled) does not decide it.
+    span = min(60.0, args.memory_seconds / 6)
+    rss_half = statistics.median([r for t, r in second_half if t < half + span] or [second_half[0][1]]) \
+        if second_half else samples[-1][1]
+    rss_last = statistics.median([r for t, r in samples if t >= samples[-1][0] - span])
     return {"streams": n, "clip": str(clip), "seconds": args.memory_seconds, "rss_before_mb": round(before, 1),
             "rss_steady_mb": round(steady, 1), "rss_peak_mb": round(max(r for _, r in samples), 1),
             "rss_end_mb": round(samples[-1][1], 1), "per_stream_mb": round((steady - before) / n, 1),
             "drift_mb_per_min_second_half": r3(slope), "windows_scored": windows,
+            "rss_second_half_start_mb": round(rss_half, 1), "rss_last_minute_mb": round(rss_last, 1),
+            "drift_pct_second_half": round(100 * (rss_last - rss_half) / rss_half, 2),
+            "database_mb": round(db / 2**20, 1),
             "phases": [h.phase if h else None for h in health],
             "dropped_frames": [h.dropped_frames if h else None for h in health],
             "rss_samples": [[round(t), round(r, 1)] for t, r in samples]}
@@ -428,9 +487,10 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
-def memory_run(args: argparse.Namespace, streams: int) -> dict[str, Any]:
+def memory_run(args: argparse.Namespace, streams: int, whole: bool = False) -> dict[str, Any]:
     """The memory run in a process of its own, so that its baseline is a monitor that never had a
-    stream (memory that earlier streams freed stays with the process and would hide the growth)."""
+    stream (memory that earlier streams freed stays with the process and would hide the growth).
+    ``whole``: that process's whole result (machine, model, ...), else its idle RSS and memory run."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-only", "--json", "--memory-streams", str(streams),
            "--memory-seconds", str(args.memory_seconds), "--corpus", str(args.corpus),
            "--memory-clip", str(args.memory_clip)]
@@ -439,11 +499,14 @@ def memory_run(args: argparse.Namespace, streams: int) -> dict[str, Any]:
     if args.model is not None:
         cmd += ["--model", str(args.model)]
     cmd += ["--decision", str(args.decision)] + (["--no-identity"] if args.no_identity else [])
+    cmd += ["--tracemalloc", str(args.tracemalloc)] if args.tracemalloc else []
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.memory_seconds + 300)
+    if args.tracemalloc:
+        print(proc.stderr, file=sys.stderr, flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"memory run failed:\n{proc.stderr[-3000:]}")
     r = json.loads(proc.stdout)
-    return {"rss_idle_mb": r["rss_idle_mb"], **r["memory"]}
+    return r if whole else {"rss_idle_mb": r["rss_idle_mb"], **r["memory"]}  # type: ignore[no-any-return]
 
 
 def _level_line(lv: dict[str, Any]) -> str:
@@ -459,22 +522,26 @@ def report(r: dict[str, Any]) -> str:
              f"model: {r['model']}  device: {r['device']}",
              f"decision: {r['decision']}  face / voice embeddings: {'on' if r['identity_embeddings'] else 'off'}",
              f"clip: {r['clip']['path']} ({r['clip']['fps']:g} fps), window {r['window_s']} s, hop {r['hop_s']} s",
-             f"idle RSS (model loaded, no stream): {r['rss_idle_mb']} MB", "",
-             "streams  realtime(min)  e2e p50  e2e p95  scoring p50  windows  RSS MB  verdict"]
-    for lv in r["levels"]:
-        verdict = "sustained" if lv["sustained"] else "behind: " + "; ".join(lv["behind_because"])
-        lines.append(f"{lv['streams']:7d}  {100 * lv['min_realtime']:12.0f}%  {lv['e2e_p50_s']!s:>7}  "
-                     f"{lv['e2e_p95_s']!s:>7}  {lv['scoring_p50_s']!s:>11}  {lv['windows']:7d}  "
-                     f"{lv['rss_mb']!s:>6}  {verdict}")
-    lines.append(f"\nsustained real-time streams: {r['sustained_streams']}")
+             f"idle RSS (model loaded, no stream): {r['rss_idle_mb']} MB"]
+    if "levels" in r:  # not with --max-streams 0
+        lines += ["", "streams  realtime(min)  e2e p50  e2e p95  scoring p50  windows  RSS MB  verdict"]
+        for lv in r["levels"]:
+            verdict = "sustained" if lv["sustained"] else "behind: " + "; ".join(lv["behind_because"])
+            lines.append(f"{lv['streams']:7d}  {100 * lv['min_realtime']:12.0f}%  {lv['e2e_p50_s']!s:>7}  "
+                         f"{lv['e2e_p95_s']!s:>7}  {lv['scoring_p50_s']!s:>11}  {lv['windows']:7d}  "
+                         f"{lv['rss_mb']!s:>6}  {verdict}")
+        lines.append(f"\nsustained real-time streams: {r['sustained_streams']}")
     if "rss_per_stream_mb_from_levels" in r:
         lines.append(f"RSS per stream (slope over the levels): {r['rss_per_stream_mb_from_levels']} MB")
     if mem := r.get("memory"):
         lines.append(f"memory run (own process): {mem['streams']} looping stream(s), {mem['seconds']:.0f} s: RSS "
                      f"{mem['rss_before_mb']} -> steady {mem['rss_steady_mb']} MB (peak {mem['rss_peak_mb']}, end "
                      f"{mem['rss_end_mb']}), {mem['per_stream_mb']} MB per stream, drift over the second half "
-                     f"{mem['drift_mb_per_min_second_half']} MB/min, {mem['windows_scored']} windows scored, "
-                     f"phases {mem['phases']}, dropped frames {mem['dropped_frames']}")
+                     f"{mem['drift_mb_per_min_second_half']} MB/min (least squares); second half "
+                     f"{mem['rss_second_half_start_mb']} -> {mem['rss_last_minute_mb']} MB (medians of its first "
+                     f"and the last minute): drift {mem['drift_pct_second_half']:+.2f} %; "
+                     f"{mem['windows_scored']} windows scored, phases {mem['phases']}, dropped frames "
+                     f"{mem['dropped_frames']}, database + WAL {mem['database_mb']} MB")
     lines.append(f"total {r['total_s']} s")
     return "\n".join(lines)
 
@@ -485,6 +552,11 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.max_streams == 0 and not args.memory_only:  # the memory run alone (a soak)
+        result = memory_run(args, args.memory_streams or 1, whole=True)
+        result["total_s"] = round(time.monotonic() - t_main, 1)
+        print(json.dumps(result, indent=2) if args.json else report(result))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-live-") as d:
         result = asyncio.run(bench(args, Path(d)))
     if args.memory_seconds > 0 and not args.memory_only:
