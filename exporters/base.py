@@ -11,6 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 from expose.monitor.alerts.events import (
     AlertChangeEvent,
     AlertUpdateEvent,
+    AuditEvent,
     Event,
     ScoreEvent,
     StreamPhaseEvent,
@@ -67,10 +68,11 @@ class DeliveryCounts:
 def severity_of(event: Event) -> Severity:
     """How much an event matters to a SOC: opening an alert is high; its end, its
     acknowledgement or closing, and a stream that failed for good are medium; an episode's
-    per-window update and a stream going down (it reconnects) are low; the rest is info."""
+    per-window update, an audit entry and a stream going down (it reconnects) are low; the
+    rest is info."""
     if isinstance(event, AlertChangeEvent):
         return "high" if event.action == "opened" else "medium"
-    if isinstance(event, AlertUpdateEvent):
+    if isinstance(event, AlertUpdateEvent | AuditEvent):
         return "low"
     if isinstance(event, StreamPhaseEvent):
         return {"failed": "medium", "down": "low"}.get(event.phase, "info")  # type: ignore[return-value]

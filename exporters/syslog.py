@@ -98,6 +98,7 @@ from expose.monitor import __version__
 from expose.monitor.alerts.events import (
     AlertChangeEvent,
     AlertUpdateEvent,
+    AuditEvent,
     Event,
     ScoreEvent,
     StreamAddedEvent,
@@ -240,6 +241,10 @@ def cef_fields(event: Event) -> list[tuple[str, Any]]:
             ("msg", f"window {event.t0:.1f}-{event.t1:.1f} s of stream '{event.stream}': "
                     + (verdict.verdict if verdict else event.status)),
         ]
+    elif isinstance(event, AuditEvent):
+        f += [("act", event.action), ("suser", event.actor), ("cs1Label", "role"), ("cs1", event.role),
+              ("cs2Label", "target"), ("cs2", event.target), ("cn1Label", "seq"), ("cn1", event.seq),
+              ("msg", f"{event.actor} ({event.role}): {event.action} {event.target}")]
     else:
         action = getattr(event, "action", None)
         f += [("act", action), ("cs2Label", "stream"), ("cs2", event.stream), ("cn1Label", "seq"),

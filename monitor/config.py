@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, model_validator
 
 from expose.monitor.errors import ConfigError
 
@@ -105,12 +105,33 @@ class ServerSection(_Strict):
         "(default: monitor.sqlite3 in the user data dir).")
     max_sdp_bytes: int = Field(65536, ge=1024, description="Largest WHIP offer accepted (413 above).")
     heartbeat_s: float = Field(10.0, gt=0, description="Seconds between websocket heartbeats.")
+    rate_limit_per_s: float = Field(20.0, ge=0, description="Requests a second each API token may make on average "
+                                    "(a token bucket per token; over it: 429 with Retry-After); 0: no limit.")
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a token may make at once before the rate "
+                                  "limit applies (the bucket's size).")
     ws_queue: int = Field(1000, ge=10, description="Events buffered per websocket client before it is "
                           "disconnected as too slow (it resumes with ?since=SEQ).")
     events_keep: int = Field(200_000, ge=1000, description="Events kept in the database for replay.")
     ice_host_addresses: list[str] | None = Field(
         None, description="Restrict WebRTC host candidates to these local addresses (e.g. [\"127.0.0.1\"] "
         "for loopback-only use); unset: every non-loopback interface.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted on any route "
+                                "(413 above; WHIP offers are also held to max_sdp_bytes).")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain, the server's first) to serve HTTPS, WHIP and the websocket "
+        "(wss://) over TLS; with tls_key. Unset: plain HTTP (loopback, or behind a TLS-terminating reverse proxy).")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted tls_key (env EXPOSE_TLS_KEY_PASSWORD).")
+    cors_origins: list[Annotated[str, StringConstraints(pattern=r"^https?://[^/\s]+$")]] = Field(
+        [], description="Browser origins (scheme://host[:port], no path) allowed to call the API from another "
+        "site (CORS: GET, POST, DELETE with Authorization). Empty: none; the dashboard is same-origin.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both server.tls_cert and server.tls_key, or neither")
+        return self
 
 
 class LiveSection(_Strict):
@@ -156,7 +177,7 @@ class StreamConfig(_Strict):
 
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
-EventKind = Literal["score", "alert", "stream"]
+EventKind = Literal["score", "alert", "stream", "audit"]
 BodyFormat = Literal["expose", "ocsf"]
 
 
@@ -243,6 +264,13 @@ class Config(_Strict):
         default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)) / "profiles",
         description="Profile store (env EXPOSE_PROFILES).",
     )
+    profiles_key_file: Path | None = Field(
+        None,
+        description="File holding the 32-byte key profiles are encrypted with at rest (AES-256-GCM; env "
+        "EXPOSE_PROFILES_KEY_FILE; env EXPOSE_PROFILES_KEY, the key itself, overrides it). Make one with "
+        "`expose profiles keygen --out FILE`; it must not lie inside profiles_dir. Unset: profiles are "
+        "stored in clear text.",
+    )
     server: ServerSection = Field(default_factory=ServerSection)
     live: LiveSection = Field(default_factory=LiveSection)
     alerts: AlertSection = Field(default_factory=AlertSection)
@@ -264,6 +292,8 @@ def load_config(path: Path | None = None) -> Config:
         data["cache_dir"] = cache
     if profiles := os.environ.get("EXPOSE_PROFILES"):
         data["profiles_dir"] = profiles
+    if key_file := os.environ.get("EXPOSE_PROFILES_KEY_FILE"):
+        data["profiles_key_file"] = key_file
     if model := os.environ.get("EXPOSE_MODEL"):
         data.setdefault("model", {})["path"] = model
     try:
@@ -271,4 +301,5 @@ def load_config(path: Path | None = None) -> Config:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid config value {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")  # a model validator's own message
+        raise ConfigError(f"invalid config value {where}: {msg}") from None

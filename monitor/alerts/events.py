@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from expose.monitor.alerts.policy import Alert, AlertStatus, StreamState
 from expose.monitor.model.score import Status
 
-EventType = Literal["score", "alert", "stream", "heartbeat"]
-EVENT_TYPES: tuple[str, ...] = ("score", "alert", "stream", "heartbeat")
+EventType = Literal["score", "alert", "stream", "audit", "heartbeat"]
+EVENT_TYPES: tuple[str, ...] = ("score", "alert", "stream", "audit", "heartbeat")
 # the watchdog's phases (live.watchdog.Phase; alerts may not import live: a test checks they agree)
 SourcePhase = Literal["connecting", "live", "down", "ended", "failed"]
 
@@ -183,8 +183,21 @@ class StreamUnpublished(Message):
     session: str = Field(description="The WHIP session id that ended.")
 
 
+class AuditData(Message):
+    """A change someone made (through the API or the CLI): a row of the append-only audit log
+    (api.access), published as it is written."""
+
+    event_type: ClassVar[EventType] = "audit"
+    audit_id: int = Field(ge=1, description="The audit row's id (increasing).")
+    actor: str = Field(description="Who: the token's name, 'admin (server.token)', or cli:USER.")
+    role: str = Field(description="The actor's role (viewer, analyst, admin, ingest; cli for the command line).")
+    action: str = Field(description="What, e.g. stream.add, alert.acknowledge, token.revoke, profile.delete.")
+    target: str = Field(description="On what: a stream, alert, token or profile name / id.")
+    detail: dict[str, Any] = Field(description="The request's particulars (never a secret).")
+
+
 EventPayload = (ScoreData | AlertChange | AlertUpdate | StreamAdded | StreamRemoved | StreamPhase
-                | StreamPublishing | StreamUnpublished)
+                | StreamPublishing | StreamUnpublished | AuditData)
 
 
 # ---- events: a payload with its envelope -------------------------------------------------
@@ -247,6 +260,11 @@ class StreamUnpublishedEvent(StreamUnpublished, Envelope):
     stream: str
 
 
+class AuditEvent(AuditData, Envelope):
+    type: Literal["audit"] = "audit"
+    stream: str | None = Field(None, description="The stream the change was about; null for others.")
+
+
 class HeartbeatEvent(Envelope):
     """Sent right after connecting and every `server.heartbeat_s`; not stored."""
 
@@ -258,7 +276,7 @@ class HeartbeatEvent(Envelope):
 AlertEvent = Annotated[AlertChangeEvent | AlertUpdateEvent, Field(discriminator="action")]
 StreamEvent = Annotated[StreamAddedEvent | StreamRemovedEvent | StreamPhaseEvent | StreamPublishingEvent
                         | StreamUnpublishedEvent, Field(discriminator="action")]
-Event = Annotated[ScoreEvent | AlertEvent | StreamEvent | HeartbeatEvent, Field(discriminator="type")]
+Event = Annotated[ScoreEvent | AlertEvent | StreamEvent | AuditEvent | HeartbeatEvent, Field(discriminator="type")]
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 
 

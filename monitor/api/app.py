@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,10 +28,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from expose.exporters.outbox import OutboxState
 from expose.exporters.websocket import WebsocketHub
 from expose.monitor import __version__
-from expose.monitor.alerts.events import AlertDetail, HeartbeatEvent
+from expose.monitor.alerts.events import AlertDetail, AuditData, HeartbeatEvent
 from expose.monitor.alerts.policy import AlertLifecycleError, AlertStatus
+from expose.monitor.api.access import ROUTES, AccessError, AccessStore, Permission, Principal, RateLimiter
+from expose.monitor.api.limits import install_http_policy
 from expose.monitor.api.schemas import (
     AckBody,
+    AuditRecord,
     CloseBody,
     ErrorBody,
     ExporterInfo,
@@ -80,17 +83,53 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
+def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str, access: AccessStore | None = None) -> FastAPI:
+    """``token``: the configured admin token; ``access``: the stored role tokens and the audit
+    log (default: in the monitor's SQLite file)."""
     cfg = monitor.cfg.server
+    tokens = access if access is not None else AccessStore(monitor.store.path)
+    limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
 
-    def check_token(supplied: str | None) -> bool:
-        return supplied is not None and secrets.compare_digest(supplied.encode(), token.encode())
+    def record(who: Principal, action: str, target: str, stream: str | None = None, **detail: Any) -> None:
+        """One audit row, published as an ``audit`` event."""
+        entry = tokens.audit(who, action, target, **detail)
+        monitor.emit(stream, AuditData(audit_id=entry.id, actor=entry.actor, role=entry.role, action=action,
+                                       target=target, detail=entry.detail))
 
-    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        if creds is None:
-            raise _unauthorized("missing bearer token")
-        if not check_token(creds.credentials):
-            raise _unauthorized("wrong token")
+    def admit(supplied: str | None, permission: Permission, method: str, path: str,
+              stream: str | None = None) -> Principal:
+        """The caller, if its token is valid, within its rate and allowed ``permission``; else
+        the HTTPException to answer (401, 429, 403; a refusal of a valid token is audited)."""
+        try:
+            who = tokens.authenticate(supplied, token)
+        except AccessError as err:
+            raise _unauthorized(str(err)) from None
+        wait = limiter.wait_s(who.id)
+        if wait > 0:
+            raise HTTPException(429, f"rate limit of token {who.name!r} exceeded ({cfg.rate_limit_per_s:g}/s)",
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        why = None
+        if not who.allows(permission):
+            why = f"role {who.role} may not call {method} {path} (needs {permission})"
+        elif permission == "ingest" and who.stream is not None and stream != who.stream:
+            why = f"token {who.name!r} may only publish to stream {who.stream!r}"
+        if why is not None:
+            record(who, "denied", f"{method} {path}", stream, reason=why)
+            raise HTTPException(403, why)
+        return who
+
+    def auth(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+        route = request.scope.get("route")
+        path = getattr(route, "path", request.url.path)
+        permission = ROUTES.get((request.method, path), "admin")  # a route not in the table: admins only
+        who = admit(creds.credentials if creds else None, permission, request.method, path,
+                    request.path_params.get("stream"))
+        request.state.principal = who
+        return who
+
+    def caller(request: Request) -> Principal:
+        who: Principal = request.state.principal
+        return who
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +141,7 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     app = FastAPI(title="expose live monitor", version=__version__, lifespan=lifespan,
                   description="Live-call impersonation monitor: WHIP ingest, streams, profiles, alerts.")
+    install_http_policy(app, cfg)  # server.max_body_bytes (413), server.cors_origins
 
     # ---- WHIP (RFC 9725) -------------------------------------------------------------
     whip = APIRouter(tags=["whip"])
@@ -127,6 +167,7 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
             raise HTTPException(415, f"WHIP offers are application/sdp, not {ctype or 'no content type'}")
         offer = await _read_limited(request, cfg.max_sdp_bytes)
         session = await monitor.start_whip(stream, profile, offer)
+        record(caller(request), "whip.publish", stream, stream, session=session.id, profile=session.profile)
         location = f"/whip/{stream}/{session.id}"
         return Response(session.answer, status_code=201, media_type="application/sdp",
                         headers={"Location": location, "ETag": f'"{session.id}"'})
@@ -134,9 +175,10 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     @whip.delete("/whip/{stream}/{session}", dependencies=[Depends(auth)], response_class=Response, responses={
         200: {"description": "Session ended (empty body)"},
         **_errors({401: "missing or wrong token", 404: "no such session on that stream"})})
-    async def whip_end(stream: str, session: str) -> Response:
+    async def whip_end(stream: str, session: str, request: Request) -> Response:
         """End a WHIP session."""
         await monitor.end_whip(stream, session)
+        record(caller(request), "whip.end", stream, stream, session=session)
         return Response(status_code=200)
 
     @whip.patch("/whip/{stream}/{session}", status_code=405, response_class=Response, responses={
@@ -145,7 +187,7 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
     async def whip_patch(stream: str, session: str) -> Response:
         """Trickle ICE / ICE restart are not supported: the answer carries all candidates."""
         return Response("trickle ICE is not supported; the answer holds every candidate", status_code=405,
-                        headers={"Allow": "POST, DELETE"})
+                        media_type="text/plain", headers={"Allow": "POST, DELETE"})
 
     # ---- REST API --------------------------------------------------------------------
     # (dependencies=, not annotations: with postponed annotations FastAPI cannot resolve a closure)
@@ -158,11 +200,13 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
         return [StreamInfo.of(v) for v in monitor.views()]
 
     @api.post("/streams", status_code=201, tags=["streams"], responses=_errors({
-        400: "invalid profile name", 404: "unknown profile",
+        400: "invalid profile name; a body that is not JSON", 404: "unknown profile",
         409: "the name is taken; the profile is damaged or enrolled with another base model"}))
-    async def add_stream(spec: StreamConfig) -> StreamInfo:
+    async def add_stream(spec: StreamConfig, request: Request) -> StreamInfo:
         """Watch a file or URL (rtsp://, http(s)://), or register a WHIP stream name (no url)."""
-        return StreamInfo.of(monitor.add_stream(spec))
+        info = StreamInfo.of(monitor.add_stream(spec))
+        record(caller(request), "stream.add", spec.name, spec.name, url=spec.url, profile=spec.profile)
+        return info
 
     @api.get("/streams/{name}", tags=["streams"], responses=_errors({404: "unknown stream"}))
     async def get_stream(name: str) -> StreamInfo:
@@ -176,9 +220,10 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     @api.delete("/streams/{name}", status_code=204, tags=["streams"], response_class=Response,
                 responses=_errors({404: "unknown stream"}))
-    async def remove_stream(name: str) -> Response:
+    async def remove_stream(name: str, request: Request) -> Response:
         """Stop the stream and forget it (also across restarts)."""
         await monitor.remove_stream(name)
+        record(caller(request), "stream.remove", name, name)
         return Response(status_code=204)
 
     @api.get("/profiles", tags=["profiles"])
@@ -210,16 +255,21 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
         return AlertDetail.of(monitor.alert(alert_id))
 
     @api.post("/alerts/{alert_id}/ack", tags=["alerts"],
-              responses=_errors({404: "unknown alert", 409: "the alert is not open"}))
-    async def ack(alert_id: str, body: AckBody) -> AlertDetail:
+              responses=_errors({400: "a body that is not JSON", 404: "unknown alert", 409: "the alert is not open"}))
+    async def ack(alert_id: str, body: AckBody, request: Request) -> AlertDetail:
         """Acknowledge an open alert: returns it updated."""
-        return AlertDetail.of(monitor.acknowledge(alert_id, body.by))
+        alert = monitor.acknowledge(alert_id, body.by)
+        record(caller(request), "alert.acknowledge", alert_id, alert.stream, by=body.by)
+        return AlertDetail.of(alert)
 
     @api.post("/alerts/{alert_id}/close", tags=["alerts"],
-              responses=_errors({404: "unknown alert", 409: "the alert is already closed"}))
-    async def close(alert_id: str, body: CloseBody) -> AlertDetail:
+              responses=_errors({400: "a body that is not JSON", 404: "unknown alert",
+                                 409: "the alert is already closed"}))
+    async def close(alert_id: str, body: CloseBody, request: Request) -> AlertDetail:
         """Close an open or acknowledged alert, with a reason: returns it updated."""
-        return AlertDetail.of(monitor.close(alert_id, body.by, body.reason))
+        alert = monitor.close(alert_id, body.by, body.reason)
+        record(caller(request), "alert.close", alert_id, alert.stream, by=body.by, reason=body.reason)
+        return AlertDetail.of(alert)
 
     @api.get("/exporters", tags=["exporters"])
     async def list_exporters() -> list[ExporterInfo]:
@@ -235,13 +285,20 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
 
     @api.post("/exporters/{name}/outbox/{entry_id}/retry", tags=["exporters"],
               responses=_errors({404: "no such exporter, or no dead entry with that id"}))
-    async def retry_outbox(name: str, entry_id: str) -> OutboxEntryInfo:
+    async def retry_outbox(name: str, entry_id: str, request: Request) -> OutboxEntryInfo:
         """Queue a dead-lettered delivery again (its attempts start from zero)."""
         box = monitor.outbox(name)
         if not box.retry(name, entry_id):
             raise NotFound(f"no dead entry {entry_id!r} in exporter {name!r}")
+        record(caller(request), "exporter.retry", entry_id, exporter=name)
         monitor.wake_exporter(name)
         return next(OutboxEntryInfo.of(e) for e in box.entries(name) if e.id == entry_id)
+
+    @api.get("/audit", tags=["audit"])
+    async def audit_log(since: Annotated[int, Query(ge=0, le=2**62, description="Entries after this audit id")] = 0,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditRecord]:
+        """The append-only audit log, oldest first: who changed what, and refused calls of valid tokens."""
+        return [AuditRecord.of(e) for e in tokens.audit_log(since_id=since, limit=limit)]
 
     # Prometheus text format, not JSON: documented in docs/siem.md, not in the OpenAPI schema
     # (whose clients have no use for it). The same token as /api (scrape_configs: authorization).
@@ -265,9 +322,14 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str) -> FastAPI:
         if supplied is None and header.lower().startswith("bearer "):
             supplied = header[7:].strip()
         await websocket.accept()
-        if not check_token(supplied):
-            await websocket.close(code=4401, reason="missing or wrong token")
+        try:
+            admit(supplied, ROUTES[("WS", "/ws")], "WS", "/ws")
+        except HTTPException as err:
+            code = {401: 4401, 403: 4403, 429: 4429}.get(err.status_code, 4400)
+            await websocket.close(code=code, reason=str(err.detail)[:120])
             return
+        if since is not None:  # SQLite integers are 64-bit
+            since = max(-(2**62), min(since, 2**62))
         await _stream_events(websocket, monitor, hub, since, cfg.heartbeat_s)
 
     app.include_router(whip)

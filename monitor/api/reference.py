@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from expose.monitor.alerts.events import AlertDetail, AlertSummary, Envelope, Event
 from expose.monitor.api.schemas import (
     AckBody,
+    AuditRecord,
     CloseBody,
     DeliveryCountsInfo,
     ErrorBody,
@@ -42,7 +43,7 @@ END = "<!-- END reference -->"
 
 RESPONSES: tuple[type[BaseModel], ...] = (StreamInfo, StreamHealthInfo, IdleHealth, ProfileInfo, ProfileUnreadable,
                                           AlertDetail, AlertSummary, Health, ScoringStats, ExporterInfo,
-                                          DeliveryCountsInfo, OutboxEntryInfo, ErrorBody)
+                                          DeliveryCountsInfo, OutboxEntryInfo, AuditRecord, ErrorBody)
 # (StreamConfig is also a [[streams]] entry of the config file: its docstring is not about HTTP)
 REQUESTS: tuple[tuple[type[BaseModel], str], ...] = (
     (StreamConfig, "The body of `POST /api/streams`."), (AckBody, "The body of `POST /api/alerts/{alert_id}/ack`."),

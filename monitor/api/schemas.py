@@ -9,7 +9,7 @@ generated from these and the websocket models (``api.reference``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,15 +17,16 @@ from expose.exporters.base import AlertSink, DeliveryCounts
 from expose.exporters.outbox import OutboxEntry, OutboxState
 from expose.monitor.alerts.events import AlertDetail, AlertSummary, Message, ScoreData
 from expose.monitor.alerts.policy import StreamState
+from expose.monitor.api.access import AuditEntry
 from expose.monitor.live.monitor import StreamView
 from expose.monitor.live.runner import SourceKind, StreamHealth
 from expose.monitor.live.scoring import ScoringLoop
 from expose.monitor.live.watchdog import Phase
 from expose.profiles.store import Profile
 
-__all__ = ["AckBody", "AlertDetail", "AlertSummary", "CloseBody", "DeliveryCountsInfo", "ErrorBody", "ExporterInfo",
-           "Health", "IdleHealth", "OutboxEntryInfo", "ProfileInfo", "ProfileUnreadable", "ScoringStats",
-           "StreamHealthInfo", "StreamInfo"]
+__all__ = ["AckBody", "AlertDetail", "AlertSummary", "AuditRecord", "CloseBody", "DeliveryCountsInfo", "ErrorBody",
+           "ExporterInfo", "Health", "IdleHealth", "OutboxEntryInfo", "ProfileInfo", "ProfileUnreadable",
+           "ScoringStats", "StreamHealthInfo", "StreamInfo"]
 
 
 class _Body(BaseModel):
@@ -207,3 +208,21 @@ class OutboxEntryInfo(Message):
     def of(cls, e: OutboxEntry) -> OutboxEntryInfo:
         return cls(id=e.id, seq=e.seq, state=e.state, attempts=e.attempts, next_at=e.next_at,
                    created_at=e.created_at, updated_at=e.updated_at, last_error=e.last_error)
+
+
+class AuditRecord(Message):
+    """One row of the append-only audit log."""
+
+    id: int = Field(description="Increasing id (GET /api/audit?since=ID pages after it).")
+    ts: float = Field(description="When (epoch seconds).")
+    actor: str = Field(description="Who: the token's name, 'admin (server.token)', or cli:USER.")
+    role: str = Field(description="The actor's role; cli for the command line.")
+    action: str = Field(description="What: stream.add, stream.remove, alert.acknowledge, alert.close, whip.publish, "
+                        "whip.end, exporter.retry, denied, token.create, token.revoke, profile.enroll, "
+                        "profile.delete.")
+    target: str = Field(description="On what: a stream, alert, token, profile or route.")
+    detail: dict[str, Any] = Field(description="The request's particulars (never a secret).")
+
+    @classmethod
+    def of(cls, e: AuditEntry) -> AuditRecord:
+        return cls(id=e.id, ts=e.ts, actor=e.actor, role=e.role, action=e.action, target=e.target, detail=e.detail)

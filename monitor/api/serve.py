@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +23,21 @@ from expose.exporters.base import AlertSink
 from expose.exporters.registry import build_sinks
 from expose.exporters.websocket import WebsocketHub
 from expose.monitor.api.app import create_app
-from expose.monitor.config import APP_NAME, Config
+from expose.monitor.config import APP_NAME, Config, ServerSection
+from expose.monitor.errors import ConfigError
 from expose.monitor.features.face_model import resolve_face_model
 from expose.monitor.live.monitor import LiveMonitor
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.whip import limit_host_candidates
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import Scorer
+from expose.profiles.crypto import configured_key
 from expose.profiles.store import ProfileStore
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "EXPOSE_TOKEN"
+TLS_KEY_PASSWORD_ENV = "EXPOSE_TLS_KEY_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,57 @@ def resolve_token(cfg: Config) -> Token:
     return Token(secrets.token_urlsafe(18), True)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate and key (server.tls_cert / tls_key), checked to load together."""
+
+    cert: Path
+    key: Path
+    password: str | None = None
+
+
+def resolve_tls(srv: ServerSection) -> TlsFiles | None:
+    """TLS files of the config, loaded once now so that a missing file, a bad PEM or a key that
+    does not match the certificate is a one-line ConfigError at start (not a uvicorn traceback)."""
+    if srv.tls_cert is None or srv.tls_key is None:  # the config's validator wants both or neither
+        return None
+    password = os.environ.get(TLS_KEY_PASSWORD_ENV) or (
+        srv.tls_key_password.get_secret_value() if srv.tls_key_password is not None else None)
+    tls = TlsFiles(srv.tls_cert.expanduser(), srv.tls_key.expanduser(), password)
+    check_tls(tls)
+    return tls
+
+
+def check_tls(tls: TlsFiles) -> None:
+    for what, path in (("server.tls_cert", tls.cert), ("server.tls_key", tls.key)):
+        if not path.is_file():
+            raise ConfigError(f"{what}: no such file: {path}")
+    asked = False
+
+    def password() -> str:  # never the terminal prompt OpenSSL falls back to without one
+        nonlocal asked
+        asked = True
+        return tls.password or ""
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key, password)
+    except ssl.SSLError as err:
+        reason = err.reason or str(err)
+        if reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"server.tls_key {tls.key} is not the key of the certificate {tls.cert}") from None
+        if asked and not tls.password:
+            raise ConfigError(f"server.tls_key {tls.key} is encrypted: set server.tls_key_password or "
+                              f"{TLS_KEY_PASSWORD_ENV}") from None
+        if asked:
+            raise ConfigError(f"cannot decrypt server.tls_key {tls.key} with the password given ({reason})") from None
+        raise ConfigError(f"cannot load the TLS certificate {tls.cert} and key {tls.key}: not PEM files of a "
+                          f"certificate and its key ({reason})") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the TLS certificate {tls.cert} or key {tls.key}: "
+                          f"{err.strerror or err}") from None
+
+
 def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME)) / "monitor.sqlite3"
 
@@ -61,6 +116,7 @@ class Service:
     monitor: LiveMonitor
     hub: WebsocketHub
     token: Token
+    tls: TlsFiles | None = None  # serve HTTPS / wss (uvicorn_server's tls)
 
 
 def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
@@ -72,7 +128,8 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
     scorer = Scorer.of(base, pick_device(cfg.model.device))
-    profiles = ProfileStore(profiles_dir or cfg.profiles_dir)
+    root = profiles_dir or cfg.profiles_dir
+    profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
@@ -92,16 +149,21 @@ def limit_native_threads(n: int) -> None:
 
 
 def build_service(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None) -> Service:
+    tls = resolve_tls(cfg.server)  # first: a bad certificate fails before the model loads
     hub = WebsocketHub(cfg.server.ws_queue)
     monitor = build_monitor(cfg, model_path=model_path, profiles_dir=profiles_dir, sinks=[hub])
     token = resolve_token(cfg)
-    return Service(create_app(monitor, hub, token.value), monitor, hub, token)
+    return Service(create_app(monitor, hub, token.value), monitor, hub, token, tls)
 
 
-def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+def uvicorn_server(app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> uvicorn.Server:
+    """``tls``: serve HTTPS (and so WHIP over HTTPS, the websocket as wss://) with those files."""
     # ws="websockets": the alert stream runs on the websockets stack (DESIGN.md)
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws="websockets-sansio", log_level="warning",
-                                         lifespan="on", timeout_graceful_shutdown=5))
+                                         lifespan="on", timeout_graceful_shutdown=5,
+                                         ssl_certfile=None if tls is None else tls.cert,
+                                         ssl_keyfile=None if tls is None else tls.key,
+                                         ssl_keyfile_password=None if tls is None else tls.password))
 
 
 def bind(host: str, port: int) -> socket.socket:

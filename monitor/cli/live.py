@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -53,13 +54,15 @@ def serve(
     srv = cfg.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     cfg = cfg.model_copy(update={"server": srv})
     service = build_service(cfg, model_path=model, profiles_dir=profiles)
+    if warning := service.monitor.profiles.unencrypted_warning():  # README: Profiles are biometric data
+        err_console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     try:
         sock = bind(srv.host, srv.port)
     except OSError as err:
         raise ExposeError(f"cannot listen on {srv.host}:{srv.port} ({err.strerror})") from None
     bound = sock.getsockname()[1]
     shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::") else srv.host
-    base = f"http://{shown}:{bound}"
+    base = f"{'https' if service.tls else 'http'}://{shown}:{bound}"
     token = service.token
     out.print(f"expose live monitor on {base}  (API docs: {base}/docs)")
     if token.generated:
@@ -68,7 +71,8 @@ def serve(
     else:
         out.print(f"dashboard: {base}/dashboard/  (token: server.token / EXPOSE_TOKEN)")
     out.print(f"WHIP ingest: POST {base}/whip/NAME?profile=PROFILE  (Authorization: Bearer TOKEN)")
-    server = uvicorn_server(service.app, srv.host, bound)
+    out.print(f"events: {'wss' if service.tls else 'ws'}://{shown}:{bound}/ws?token=TOKEN")
+    server = uvicorn_server(service.app, srv.host, bound, service.tls)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C
@@ -181,3 +185,76 @@ def webhook_secret() -> None:
     import secrets
 
     out.print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(), markup=False, highlight=False)
+
+
+tokens_app = typer.Typer(help="API tokens with roles (viewer, analyst, admin, ingest): create, list, revoke.",
+                         no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+DbOpt = Annotated[Path | None, typer.Option("--db", help="The monitor's SQLite file (default: server.db_path of "
+                                            "the config, else monitor.sqlite3 in the user data dir).")]
+
+
+def _access(config: Path | None, db: Path | None):  # type: ignore[no-untyped-def]
+    from expose.monitor.api.access import AccessStore
+    from expose.monitor.api.serve import default_db_path
+
+    cfg = load_cli_config(config)
+    return AccessStore(db or cfg.server.db_path or default_db_path())
+
+
+def cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="Who or what the token is for (shown in the audit log).")],
+    role: Annotated[str, typer.Option(help="viewer, analyst, admin or ingest.")],
+    stream: Annotated[str | None, typer.Option(help="ingest only: the one stream it may publish to.")] = None,
+    expires_days: Annotated[float | None, typer.Option(min=0.001, help="Expire after this many days.")] = None,
+    config: ConfigOpt = None, db: DbOpt = None,
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from expose.monitor.api.access import ROLES
+
+    if role not in ROLES:
+        raise ExposeError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    store = _access(config, db)
+    info, secret = store.create(name, role, stream=stream,  # type: ignore[arg-type]
+                                expires_in_s=expires_days * 86400 if expires_days else None)
+    store.audit(cli_actor(), "token.create", info.id, name=name, role=role, stream=stream,
+                expires_at=info.expires_at)
+    out.print(secret, markup=False, highlight=False)
+    err_console.print(f"token {info.id} ({role}{', stream ' + stream if stream else ''}) for {name!r}: shown once, "
+                      "keep it safe", markup=False)
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None, db: DbOpt = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The tokens: id, name, role, stream, state (active, expired, revoked); never the secrets."""
+    import dataclasses
+    import json
+
+    rows = _access(config, db).tokens()
+    if as_json:
+        out.print_json(json.dumps([dataclasses.asdict(t) | {"state": t.state} for t in rows]))
+        return
+    for t in rows:
+        out.print(f"{t.id}  {t.state:<8} {t.role:<8} {t.name}" + (f"  (stream {t.stream})" if t.stream else ""),
+                  markup=False, highlight=False)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (expose tokens list).")],
+                  config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Revoke a token: a running server refuses it from the next request on."""
+    store = _access(config, db)
+    info = store.revoke(token_id)
+    store.audit(cli_actor(), "token.revoke", info.id, name=info.name, role=info.role)
+    out.print(f"revoked token {info.id} ({info.role}) of {info.name!r}", markup=False, highlight=False)

@@ -46,6 +46,7 @@ from expose.monitor.features.identity import IdentityEmbedders
 from expose.monitor.features.stream import LiveFeatureSettings
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
+from expose.monitor.live import heap
 from expose.monitor.live import watchdog as wd
 from expose.monitor.live.runner import StreamHealth, StreamRunner
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop
@@ -140,6 +141,25 @@ class LiveMonitor:
                 self.add_stream(spec, persist=False)
             except ExposeError as err:
                 log.error("stream %s not started: %s", spec.name, err)
+        self._resume_episodes()
+
+    def _resume_episodes(self) -> None:
+        """Episodes still open when the last process stopped or died: on a pulled stream that is
+        back the episode goes on (its next windows extend or end it: no second alert for the same
+        episode); on any other stream (a WHIP session ends with its process, a stream removed)
+        it ends now. Stream seconds start again with the source, so the evidence's times may
+        step back at the restart."""
+        now = time.time()
+        for alert in self.store.active_alerts():
+            entry = self._streams.get(alert.stream)
+            if entry is not None and entry.spec.url is not None and entry.policy.alert is None:
+                entry.policy = PolicyState(state="alert", alert=alert)
+                log.info("stream %s: alert %s goes on after the restart", alert.stream, alert.id)
+                continue
+            last_t = alert.scores[-1][0] if alert.scores else alert.t_start
+            ended = dataclasses.replace(alert, t_end=last_t, ended_at=now)
+            self.store.put_alert(ended)
+            self.emit(alert.stream, AlertChange(action="ended", alert=AlertDetail.of(ended)))
 
     async def stop(self) -> None:
         for name in list(self._streams):
@@ -157,7 +177,7 @@ class LiveMonitor:
                 await s.close()
 
     # ---- events ----------------------------------------------------------------------
-    def emit(self, stream: str, payload: EventPayload) -> Event:
+    def emit(self, stream: str | None, payload: EventPayload) -> Event:
         """Store the event (assigning its seq) and queue it for the sinks, in seq order."""
         event = self.store.append_event(payload.event_type, stream, payload.model_dump(mode="json")).event()
         self._outbox.put_nowait(event)
@@ -180,6 +200,9 @@ class LiveMonitor:
             n = await asyncio.to_thread(self.store.prune_events, self.cfg.server.events_keep)
             if n:
                 log.info("pruned %d old events", n)
+            # What the stream threads freed (frames, buffers, tensors) stays in glibc's arenas
+            # until trimmed: without this, RSS creeps up for hours though nothing leaks (live.heap)
+            await asyncio.to_thread(heap.trim)
 
     # ---- profiles --------------------------------------------------------------------
     def profile(self, name: str) -> Profile:

@@ -150,6 +150,14 @@ class LiveStore:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [Alert.from_dict(json.loads(r[0])) for r in rows]
 
+    def active_alerts(self) -> list[Alert]:
+        """Alerts whose episode has not ended (t_end null), oldest first: open when the last
+        process stopped or died."""
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM alerts WHERE json_extract(body, '$.t_end') IS NULL "
+                                    "ORDER BY opened_at").fetchall()
+        return [Alert.from_dict(json.loads(r[0])) for r in rows]
+
     # ---- stream registry -------------------------------------------------------------
     def put_stream(self, name: str, spec: dict[str, Any]) -> None:
         with self._lock:

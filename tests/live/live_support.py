@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -53,10 +54,11 @@ class RunningServer:
     url: str
     ws_url: str
     loop: asyncio.AbstractEventLoop
+    verify: ssl.SSLContext | bool = True  # what client() trusts (a TLS server: the test CA's context)
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify)
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop (to look at monitor state from a test)."""
@@ -64,12 +66,15 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60) -> Iterator[RunningServer]:
-    """The real app under uvicorn on 127.0.0.1:<free port>, its own event loop in a thread."""
+def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60, *,
+                   verify: ssl.SSLContext | None = None) -> Iterator[RunningServer]:
+    """The real app under uvicorn on 127.0.0.1:<free port>, its own event loop in a thread.
+    With server.tls_cert / tls_key in ``cfg`` it serves https:// and wss:// (the URLs say so),
+    and ``verify`` (a context trusting the test CA) is what ``client()`` verifies with."""
     service = build_service(cfg, model_path=model, profiles_dir=profiles)
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn_server(service.app, "127.0.0.1", port)
+    server = uvicorn_server(service.app, "127.0.0.1", port, service.tls)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve(sockets=[sock])),
                               name="test-server", daemon=True)
@@ -80,7 +85,9 @@ def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60
             raise RuntimeError("the test server did not start")
         time.sleep(0.05)
     try:
-        yield RunningServer(service, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", loop)
+        s = "s" if service.tls else ""
+        yield RunningServer(service, f"http{s}://127.0.0.1:{port}", f"ws{s}://127.0.0.1:{port}/ws", loop,
+                            True if verify is None else verify)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -89,12 +96,14 @@ def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60
 
 
 async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: int | None = None,
-                         timeout: float = 60) -> list[dict[str, Any]]:
-    """Messages from /ws until ``until(messages)`` is true (or the timeout: then what came)."""
+                         timeout: float = 60, ssl_context: ssl.SSLContext | None = None) -> list[dict[str, Any]]:
+    """Messages from /ws until ``until(messages)`` is true (or the timeout: then what came);
+    ``ssl_context``: what a wss:// URL is verified with."""
     query = f"?token={token}" + (f"&since={since}" if since is not None else "")
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    async with websockets.connect(ws_url + query, open_timeout=10) as ws:
+    tls: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}  # ws:// refuses ssl=None
+    async with websockets.connect(ws_url + query, open_timeout=10, **tls) as ws:
         while not until(got):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -107,8 +116,10 @@ async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: 
 
 
 async def publish_whip(url: str, media: Path, *, token: str | None = TOKEN, seconds: float = 60,
-                       until: Any = None, ws_url: str = "") -> tuple[int, dict[str, str], list[dict[str, Any]]]:
-    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile.
+                       until: Any = None, ws_url: str = "", ssl_context: ssl.SSLContext | None = None,
+                       ) -> tuple[int, dict[str, str], list[dict[str, Any]]]:
+    """Publish ``media`` over WHIP with a real aiortc peer; collect /ws messages meanwhile
+    (``ssl_context``: what https:// and wss:// URLs are verified with).
     (aiortc's MediaPlayer(loop=True) restarts video timestamps at each pass, a stream no
     real publisher sends: tests that need a longer stream repeat the file's content.)"""
     import httpx
@@ -123,14 +134,14 @@ async def publish_whip(url: str, media: Path, *, token: str | None = TOKEN, seco
     await pc.setLocalDescription(await pc.createOffer())
     msgs: list[dict[str, Any]] = []
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=True if ssl_context is None else ssl_context) as http:
             headers = {"Content-Type": "application/sdp"} | ({"Authorization": f"Bearer {token}"} if token else {})
             r = await http.post(url, content=pc.localDescription.sdp, headers=headers)
             if r.status_code != 201:
                 return r.status_code, dict(r.headers), []
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             if until is not None:
-                msgs = await collect_events(ws_url, until, timeout=seconds)
+                msgs = await collect_events(ws_url, until, timeout=seconds, ssl_context=ssl_context)
             location = r.headers["location"]
             d = await http.delete(url.split("/whip/")[0] + location, headers={"Authorization": f"Bearer {TOKEN}"})
             assert d.status_code == 200

@@ -97,7 +97,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, profiles_
     jsonl = tmp / "events.jsonl"
     cfg = live_config(tmp, streams=[{"name": "cam1", "url": str(clip(SPEECH_CLIP)), "profile": "always",
                                      "realtime": False}],
-                      exporters=[{"kind": "jsonl", "path": str(jsonl), "types": ["score", "alert", "stream"]}])
+                      exporters=[{"kind": "jsonl", "path": str(jsonl), "types": ["score", "alert", "stream", "audit"]}])
 
     def enough(ms: list[dict[str, Any]]) -> bool:
         return {("alert", "updated"), ("stream", "phase"), ("heartbeat", None)} <= _kinds(ms)
@@ -233,12 +233,15 @@ def test_websocket_and_jsonl_messages_are_the_models_byte_for_byte(served: Serve
     with srv.client() as http:
         assert http.post("/api/streams", json={"name": "later", "profile": "trump"}).status_code == 201
         assert http.delete("/api/streams/later").status_code == 204
-    more = asyncio.run(_raw_messages(srv.ws_url, lambda ms: ("stream", "removed") in _kinds(ms), since=last,
+    more = asyncio.run(_raw_messages(srv.ws_url, lambda ms: ("audit", "stream.remove") in _kinds(ms), since=last,
                                      timeout=30))
     for text in more:
         assert EVENTS.validate_json(text).model_dump_json() == text
     assert [(m["stream"], m["action"]) for m in map(json.loads, more) if m["type"] == "stream"][-2:] == [
         ("later", "added"), ("later", "removed")]
+    # and each change is an audit event too
+    assert [(m["target"], m["action"]) for m in map(json.loads, more) if m["type"] == "audit"][-2:] == [
+        ("later", "stream.add"), ("later", "stream.remove")]
 
     # the JSONL sink writes the same text for the same seq
     sent = {json.loads(t)["seq"]: t for t in [*served.raw, *more] if json.loads(t)["type"] != "heartbeat"}

@@ -73,8 +73,10 @@ def test_file_stream_scores_and_alerts_reach_the_websocket_and_survive_restart(
             srv.ws_url, lambda ms: any(m["type"] == "alert" and m.get("action") == "closed" for m in ms),
             since=seqs[0] - 1, timeout=30))
         recent = asyncio.run(collect_events(srv.ws_url, lambda ms: any(m["type"] == "heartbeat" for m in ms),
-                                            since=-2, timeout=30))
-    assert [m.get("action") for m in recent if m["type"] == "alert"] == ["acknowledged", "closed"]  # since=-N
+                                            since=-4, timeout=30))
+    # since=-N: the last N events (each change also has its audit event)
+    assert [(m["type"], m.get("action")) for m in recent if m["type"] != "heartbeat"] == [
+        ("alert", "acknowledged"), ("audit", "alert.acknowledge"), ("alert", "closed"), ("audit", "alert.close")]
     replayed = [m["seq"] for m in replay if m["type"] != "heartbeat"]
     assert replayed[: len(seqs)] == seqs  # resume from the store: the same events, same seq
     assert replayed == sorted(replayed)
