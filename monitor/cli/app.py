@@ -68,3 +68,30 @@ ModelOpt = Annotated[
 ]
 
 
+
+
+def cli_actor() -> str:
+    """Who runs the command, for the audit log: cli:USER."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def audit(cfg: Config, action: str, target: str, **detail: object) -> None:
+    """Append a CLI change to the monitor's audit log (its SQLite file: server.db_path, else the
+    default); a log that cannot be written is a warning, not a failed command."""
+    from expose.monitor.api.access import AccessStore
+    from expose.monitor.api.serve import default_db_path
+    from expose.monitor.errors import ExposeError
+
+    try:
+        store = AccessStore(cfg.server.db_path or default_db_path())
+        try:
+            store.audit(cli_actor(), action, target, **detail)
+        finally:
+            store.close()
+    except (ExposeError, OSError) as err:
+        err_console.print(f"warning: not in the audit log: {err}", markup=False, soft_wrap=True)

@@ -13,7 +13,16 @@ import typer
 from rich.markup import escape
 
 from expose.monitor.alerts.events import Event
-from expose.monitor.cli.app import ConfigOpt, ModelOpt, ProfilesOpt, app, err_console, load_cli_config, out
+from expose.monitor.cli.app import (
+    ConfigOpt,
+    ModelOpt,
+    ProfilesOpt,
+    app,
+    cli_actor,
+    err_console,
+    load_cli_config,
+    out,
+)
 from expose.monitor.config import Config, StreamConfig
 from expose.monitor.errors import ExposeError
 
@@ -200,15 +209,6 @@ def _access(config: Path | None, db: Path | None):  # type: ignore[no-untyped-de
 
     cfg = load_cli_config(config)
     return AccessStore(db or cfg.server.db_path or default_db_path())
-
-
-def cli_actor() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 @tokens_app.command("create")

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from expose.monitor.cli.app import ConfigOpt, ModelOpt, ProfilesOpt, app, err_console, load_cli_config
+from expose.monitor.cli.app import ConfigOpt, ModelOpt, ProfilesOpt, app, audit, err_console, load_cli_config
 from expose.monitor.config import Config
 from expose.monitor.errors import ExposeError, MediaError
 from expose.monitor.features.cache import FeatureCache
@@ -332,6 +332,7 @@ def enroll(
         except EnrollError as err:
             raise ExposeError(f"cannot enroll {name!r}: {err}") from None
     where = store.save(profile)
+    audit(cfg, "profile.enroll", name, references=[r.path for _, r in refs], encrypted=store.key is not None)
     if store.key is None and (warning := store.unencrypted_warning()):  # README: Profiles are biometric data
         err_console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     c = profile.calibration
@@ -417,8 +418,10 @@ def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt =
     """
     from expose.profiles.store import ProfileStore
 
-    store = ProfileStore(profiles or load_cli_config(config).profiles_dir)  # erasing needs no key
+    cfg = load_cli_config(config)
+    store = ProfileStore(profiles or cfg.profiles_dir)  # erasing needs no key
     store.delete(name)
+    audit(cfg, "profile.delete", name, root=str(store.root))
     print(f"erased profile {name!r} from {store.root} (overwritten, then removed)")
 
 
@@ -466,12 +469,15 @@ def profiles_keygen(
 @profiles_app.command("encrypt")
 def profiles_encrypt(profiles: ProfilesOpt = None, config: ConfigOpt = None) -> None:
     """Encrypt every clear-text profile in place with the configured key (the clear files are erased)."""
-    store = _profile_store(load_cli_config(config), profiles)
+    cfg = load_cli_config(config)
+    store = _profile_store(cfg, profiles)
     if store.key is None:
         raise ExposeError("no profiles key configured: set profiles_key_file (or env EXPOSE_PROFILES_KEY_FILE, "
                           "EXPOSE_PROFILES_KEY); make one with: expose profiles keygen --out FILE")
     names = store.names()
     done = [n for n in names if store.encrypt(n)]
+    for n in done:
+        audit(cfg, "profile.encrypt", n, key_id=store.key.key_id)
     print(f"encrypted {len(done)} profile(s) with key id {store.key.key_id}"
           + (f": {', '.join(done)}" if done else "") + f"; {len(names) - len(done)} already encrypted")
 
@@ -491,7 +497,8 @@ def profiles_export(
 
     from expose.profiles.crypto import seal_bundle
 
-    store = _profile_store(load_cli_config(config), profiles)
+    cfg = load_cli_config(config)
+    store = _profile_store(cfg, profiles)
     meta, tokens = store.read_files(name)
     store.load(name)  # refuse to export a damaged profile
     blob = seal_bundle(meta, tokens, _passphrase(passphrase_file, confirm=True))
@@ -503,6 +510,7 @@ def profiles_export(
         raise ExposeError(f"cannot write {out_file}: {err.strerror}") from None
     with os.fdopen(fd, "wb") as f:
         f.write(blob)
+    audit(cfg, "profile.export", name, to=str(out_file))
     print(f"exported profile {name!r} to {out_file} ({len(blob)} bytes, encrypted with the passphrase)")
 
 
@@ -521,7 +529,8 @@ def profiles_import(
     from expose.profiles.crypto import open_bundle
     from expose.profiles.store import check_name, decode_profile
 
-    store = _profile_store(load_cli_config(config), profiles)
+    cfg = load_cli_config(config)
+    store = _profile_store(cfg, profiles)
     try:
         blob = bundle.read_bytes()
     except OSError as err:
@@ -532,6 +541,7 @@ def profiles_import(
     if store.exists(name) and not force:
         raise ExposeError(f"profile {name!r} already exists in {store.root}; use --force to replace it, or --name")
     store.save(dataclasses.replace(profile, name=name))
+    audit(cfg, "profile.import", name, bundle=str(bundle), replaced=force)
     print(f"imported profile {name!r} into {store.root} ("
           + (f"encrypted, key id {store.key.key_id})" if store.key is not None else "clear text)"))
     if store.key is None and (warning := store.unencrypted_warning()):

@@ -223,3 +223,18 @@ def test_cli_tokens_errors(tmp_path: Path) -> None:
     again = run("revoke", tid)
     assert again.returncode == 2 and "already revoked" in again.stderr
     assert "revoked" in run("list").stdout
+
+
+def test_cli_profile_changes_are_audited(profiles_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "profiles"
+    shutil.copytree(profiles_dir / "trump", root / "trump")
+    db = tmp_path / "monitor.sqlite3"
+    config = tmp_path / "expose.toml"
+    config.write_text(f'[server]\ndb_path = "{db}"\n')
+    done = subprocess.run([sys.executable, "-m", "expose.monitor.cli", "profiles", "delete", "trump", "--profiles",
+                           str(root), "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [(e.role, e.action, e.target) for e in AccessStore(db).audit_log()]
+    assert rows == [("cli", "profile.delete", "trump")]
