@@ -298,8 +298,19 @@ class ProfileStore:
             raise ProfileError(f"profile {name!r} in {d} is damaged ({err})") from None
 
     def load(self, name: str) -> Profile:
-        meta, tokens = self.read_files(name)
-        return decode_profile(name, meta, tokens, self.path(name))
+        d = self.path(name)
+        if not self._has_profile(d):
+            known = ", ".join(self.names()) or "none"
+            raise UnknownProfile(f"unknown profile {name!r} in {self.root} (known: {known})")
+        try:
+            meta = self._read(name, META)
+        except OSError as err:
+            raise ProfileError(f"profile {name!r} in {d} is damaged ({err})") from None
+        try:
+            tokens = self._read(name, TOKENS)
+        except OSError:
+            tokens = b""  # decode_profile says "re-enroll" for an older format first, else "damaged"
+        return decode_profile(name, meta, tokens, d)
 
     def encrypt(self, name: str) -> bool:
         """Seal a clear-text profile in place with the store's key, byte for byte (its format is not

@@ -4,12 +4,14 @@ train (and resume) -> enroll -> profiles -> score -> eval, and its clear errors.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
+from expose.monitor.features.cache import cached_entries
 from expose.monitor.model.exam import load_model, save_model
 
 if TYPE_CHECKING:
@@ -90,8 +92,16 @@ def test_enroll_score_eval_flow(tiny_model: Path, corpus: Path, tmp_path: Path, 
     r = run_cli("enroll", "shorty", corpus / "real/news_anchor_zh/original.mp4", "--steps", "5", *common)
     assert r.returncode == 0, r.stderr
     assert "too short to hold out" in " ".join(r.stderr.split()) and "reference windows" in r.stdout
+    # deleting a profile also erases the cached features of its reference media (face and voice
+    # embeddings of the person), not those of other media
+    shorty_sha = json.loads(run_cli("profiles", "show", "shorty", "--profiles", profiles).stdout)["references"][0]
+    alice_sha = meta["references"][0]["sha256"]
+    cache = Path(os.environ["EXPOSE_CACHE"])
+    assert cached_entries(cache, {shorty_sha["sha256"]}) and cached_entries(cache, {alice_sha})
     r = run_cli("profiles", "delete", "shorty", "--profiles", profiles)
     assert r.returncode == 0, r.stderr
+    assert "cached feature file" in r.stdout
+    assert not cached_entries(cache, {shorty_sha["sha256"]}) and cached_entries(cache, {alice_sha})
 
     r = run_cli("score", corpus / "real/vox_00098/clip_01.mp4", "--as", "alice", "--json", *common)
     assert r.returncode == 0, r.stderr

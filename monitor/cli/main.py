@@ -416,13 +416,28 @@ def profiles_delete(name: str, profiles: ProfilesOpt = None, config: ConfigOpt =
     A running `expose serve` keeps a profile it has loaded until it restarts. Overwriting cannot reach copies
     kept by SSD wear levelling, copy-on-write file systems or snapshots: encrypt profiles (README).
     """
-    from expose.profiles.store import ProfileStore
+    from expose.monitor.features.cache import cached_entries
+    from expose.profiles.crypto import erase_file
+    from expose.profiles.store import ProfileError, ProfileStore
 
     cfg = load_cli_config(config)
-    store = ProfileStore(profiles or cfg.profiles_dir)  # erasing needs no key
+    # the feature cache's tracks of the reference media hold the person's face and voice
+    # embeddings too: found through the profile's reference hashes (which need its key)
+    try:
+        refs = {r.sha256 for r in _profile_store(cfg, profiles).load(name).references if r.sha256}
+    except ProfileError as err:
+        refs = set()
+        if ProfileStore(profiles or cfg.profiles_dir).exists(name):
+            err_console.print(f"warning: cached features of its reference media not erased: {err}", markup=False,
+                              soft_wrap=True)
+    store = ProfileStore(profiles or cfg.profiles_dir)  # erasing the profile itself needs no key
     store.delete(name)
-    audit(cfg, "profile.delete", name, root=str(store.root))
-    print(f"erased profile {name!r} from {store.root} (overwritten, then removed)")
+    cached = cached_entries(cfg.cache_dir, refs)
+    for entry in cached:
+        erase_file(entry)
+    audit(cfg, "profile.delete", name, root=str(store.root), cache_entries_erased=len(cached))
+    print(f"erased profile {name!r} from {store.root} (overwritten, then removed)"
+          + (f" and {len(cached)} cached feature file(s) of its reference media" if cached else ""))
 
 
 def _passphrase(passphrase_file: Path | None, confirm: bool) -> str:

@@ -50,3 +50,27 @@ class FeatureCache:
         if digest:
             track.save(self.entry_path(digest))
         return track, False
+
+
+def cached_entries(cache_dir: Path, media_sha256: set[str]) -> list[Path]:
+    """The cache files (any extractor version) holding the features of these media files: what
+    `expose profiles delete` erases with a profile's reference media (the tracks carry face
+    descriptors and voice embeddings of the enrolled person). Reads only each entry's small
+    ``meta`` member; an unreadable entry is skipped."""
+    import json
+
+    import numpy as np
+
+    found: list[Path] = []
+    root = Path(cache_dir) / "features"
+    if not media_sha256 or not root.is_dir():
+        return found
+    for entry in sorted(root.glob("*/*.npz")):
+        try:
+            with np.load(entry, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+        except Exception:  # noqa: BLE001 - a damaged entry is not ours to judge here
+            continue
+        if meta.get("media_sha256") in media_sha256:
+            found.append(entry)
+    return found
