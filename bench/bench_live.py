@@ -135,7 +135,7 @@ REC = Recorder()
 
 
 def install_timed_source() -> None:
-    import expose.monitor.live.monitor as live
+    import expose.monitor.live.runner as live
     from expose.monitor.media.reader import VideoFrame
     from expose.monitor.media.sources import PullSource
 

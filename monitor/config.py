@@ -145,6 +145,10 @@ class LiveSection(_Strict):
                                 "spins waiting for work (2 cores, 2 streams with the decision: 98 % of real time "
                                 "at 1, 79-81 % with torch at 1 and OpenBLAS at 2). 0: the libraries' defaults, "
                                 "one per core (for a GPU or a scorer-only process).")
+    workers: int = Field(0, ge=0, le=64, description="Worker processes for the pulled streams' ingest and "
+                         "features (live.workers): one process uses about one core for features, so N workers let "
+                         "N cores work; scoring, alerts and the API stay in the server process. 0: everything in "
+                         "one process (the quick start). WHIP streams always run in the server process.")
     queue_items: int = Field(128, ge=8, description="Media items queued per stream; beyond, the oldest "
                              "video frames are dropped and counted.")
     audio_context_s: float = Field(0.5, ge=0, le=5, description="Audio before each window that the speech "

@@ -27,6 +27,7 @@ from expose.monitor.config import APP_NAME, Config, ServerSection
 from expose.monitor.errors import ConfigError
 from expose.monitor.features.face_model import resolve_face_model
 from expose.monitor.live.monitor import LiveMonitor
+from expose.monitor.live.runner import limit_native_threads
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.whip import limit_host_candidates
 from expose.monitor.model.exam import load_model
@@ -134,18 +135,6 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     limit_host_candidates(cfg.server.ice_host_addresses)
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
                        profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters, store.path)])
-
-
-def limit_native_threads(n: int) -> None:
-    """Process-wide: torch's intra-op pool and every loaded BLAS pool (numpy's and OpenCV's
-    OpenBLAS, loaded with mediapipe) to ``n`` threads each; 0 leaves them alone. See
-    LiveSection.native_threads for why a monitor wants 1."""
-    if n:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(n)
-        threadpool_limits(n, user_api="blas")
 
 
 def build_service(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None) -> Service:

@@ -48,11 +48,11 @@ from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.live import heap
 from expose.monitor.live import watchdog as wd
-from expose.monitor.live.runner import StreamHealth, StreamRunner
+from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner, watchdog_settings
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop
 from expose.monitor.live.store import LiveStore
 from expose.monitor.live.telemetry import Telemetry
-from expose.monitor.media.sources import PullSource
+from expose.monitor.live.workers import RemoteRunner, WorkerPool, WorkerSettings
 from expose.monitor.media.whip import WhipSession, open_session
 from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile, ProfileError, ProfileStore
@@ -77,7 +77,7 @@ class NotFound(ExposeError):
 @dataclass
 class _Stream:
     spec: StreamConfig
-    runner: StreamRunner | None = None
+    runner: StreamRunner | RemoteRunner | None = None
     task: asyncio.Task[None] | None = None
     whip: WhipSession | None = None
     policy: PolicyState = field(default_factory=PolicyState)
@@ -109,6 +109,8 @@ class LiveMonitor:
         self.store = store
         self.sinks = sinks
         self.policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
+        # before any stream thread: few malloc arenas, video frames mapped on their own (live.heap)
+        heap.limit_heap()
         live = cfg.live
         # The face and voice terms read the windows' face descriptors and voice embeddings; they
         # are only computed with a decision: without one the score is the motion distance alone.
@@ -117,6 +119,9 @@ class LiveMonitor:
             IdentityEmbedders.from_config(cfg.features)
         self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
                                             audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
+        self.workers = None if live.workers == 0 else WorkerPool(
+            live.workers, WorkerSettings(cfg.model_dump_json(), face_model, self.features, self.identity),
+            on_window=self._on_window, on_phase=self._on_phase)
         self.loop = ScoringLoop(scorer, self._on_scores, max_batch=live.max_batch, linger_s=live.batch_linger_s)
         self._streams: dict[str, _Stream] = {}
         self._profiles: dict[str, Profile] = {}
@@ -130,6 +135,8 @@ class LiveMonitor:
         for sink in self.sinks:  # before any new event: a durable sink first takes what a crash kept from it
             if isinstance(sink, DurableSink):
                 await sink.start(self.store)
+        if self.workers is not None:
+            self.workers.start()
         self._tasks = [asyncio.create_task(self.loop.run(), name="scoring-loop"),
                        asyncio.create_task(self._dispatch(), name="event-dispatch"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
@@ -170,6 +177,8 @@ class LiveMonitor:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.workers is not None:
+            await self.workers.close()
         while not self._outbox.empty():  # deliver what is already decided
             await self._deliver(self._outbox.get_nowait())
         for s in self.sinks:
@@ -256,26 +265,13 @@ class LiveMonitor:
         entry.runner, entry.task = None, None
 
     def _watchdog(self, *, can_restart: bool, restart_on_end: bool, loop: bool = False) -> wd.WatchdogSettings:
-        live = self.cfg.live
-        return wd.WatchdogSettings(
-            stall_after_s=live.stall_after_s, open_timeout_s=live.open_timeout_s,
-            backoff_initial_s=live.backoff_initial_s, backoff_max_s=max(live.backoff_max_s, live.backoff_initial_s),
-            max_restarts=live.max_restarts, restart_window_s=live.restart_window_s,
-            restart_on_end=restart_on_end, loop=loop, can_restart=can_restart)
+        return watchdog_settings(self.cfg.live, can_restart=can_restart, restart_on_end=restart_on_end, loop=loop)
 
-    def _pull_runner(self, spec: StreamConfig) -> StreamRunner:
-        url = spec.url
-        assert url is not None
-        is_file = "://" not in url
-        live = self.cfg.live
-
-        def open_source() -> PullSource:
-            return PullSource(url, realtime=spec.realtime, max_side=self.cfg.features.max_side,
-                              timeout_s=live.open_timeout_s, queue_items=live.queue_items)
-
-        return self._runner(spec.name, "pull", open_source, url=url,
-                            watchdog=self._watchdog(can_restart=True, restart_on_end=not is_file,
-                                                    loop=is_file and spec.loop))
+    def _pull_runner(self, spec: StreamConfig) -> StreamRunner | RemoteRunner:
+        if self.workers is not None:  # live.workers > 0: a worker process runs it
+            return self.workers.assign(spec)
+        return pull_runner(spec, self.cfg, face_model=self.face_model, live=self.features, identity=self.identity,
+                           on_window=self._on_window, on_phase=self._on_phase)
 
     def _runner(self, name: str, kind: str, open_source: Any, *, url: str | None,
                 watchdog: wd.WatchdogSettings) -> StreamRunner:
@@ -283,11 +279,11 @@ class LiveMonitor:
                             features=self.cfg.features, live=self.features, watchdog=watchdog,
                             on_window=self._on_window, on_phase=self._on_phase, url=url, identity=self.identity)
 
-    def _start_runner(self, entry: _Stream, runner: StreamRunner) -> None:
+    def _start_runner(self, entry: _Stream, runner: StreamRunner | RemoteRunner) -> None:
         entry.runner = runner
         entry.task = asyncio.create_task(self._run(entry, runner), name=f"stream:{entry.spec.name}")
 
-    async def _run(self, entry: _Stream, runner: StreamRunner) -> None:
+    async def _run(self, entry: _Stream, runner: StreamRunner | RemoteRunner) -> None:
         try:
             await runner.run()
         except asyncio.CancelledError:
@@ -304,7 +300,7 @@ class LiveMonitor:
     def _configured(self, name: str) -> bool:
         return any(s.name == name for s in self.cfg.streams) or name in self.store.list_streams()
 
-    def _on_phase(self, runner: StreamRunner) -> None:
+    def _on_phase(self, runner: StreamRunner | RemoteRunner) -> None:
         h = runner.health()
         self.emit(runner.name, StreamPhase(action="phase", phase=h.phase, reason=h.reason, reconnects=h.reconnects))
 

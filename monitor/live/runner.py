@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from expose.monitor.config import FeatureConfig
+from expose.monitor.config import Config, FeatureConfig, LiveSection, StreamConfig
 from expose.monitor.errors import ExposeError
 from expose.monitor.features.expressions import ExpressionExtractor
 from expose.monitor.features.identity import IdentityEmbedders
@@ -38,7 +38,7 @@ from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.live import watchdog as wd
 from expose.monitor.media.reader import VideoFrame
-from expose.monitor.media.sources import EndOfStream, Source
+from expose.monitor.media.sources import EndOfStream, PullSource, Source
 from expose.monitor.media.thumbnails import jpeg_base64
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,11 @@ class StreamRunner:
         url: str | None = None,
         tick_s: float = 0.5,
         identity: bool = False,
+        clock_start_s: float = 0.0,
     ) -> None:
         """``identity``: compute the face descriptors and voice embeddings that ``features``
-        configures (the face and voice terms need them)."""
+        configures (the face and voice terms need them). ``clock_start_s``: the stream seconds
+        its first window starts from (a stream that goes on in a new worker process)."""
         self.name = name
         self.kind = kind
         self.url = url
@@ -127,7 +129,8 @@ class StreamRunner:
         self._windows = 0
         self.frames_received = 0  # video frames taken from the source, all connections (/metrics)
         self._losses = LossTracker()
-        self._media_end = 0.0  # stream seconds reached by earlier connections
+        self._clock_start = clock_start_s
+        self._media_end = clock_start_s  # stream seconds reached by earlier connections
         self._stopping = False
 
     # ---- state reports ---------------------------------------------------------------
@@ -195,7 +198,8 @@ class StreamRunner:
             self._source = source
             # the stream clock goes on across reconnects: wall time since start, or further
             # if a fast (file) source got ahead of it
-            offset = 0.0 if self._featurizer is None else max(self._media_end, time.monotonic() - self._started)
+            offset = self._clock_start if self._featurizer is None else max(
+                self._media_end, self._clock_start + time.monotonic() - self._started)
             feat = StreamFeaturizer(self.name, extractor, self._live, time_offset=offset, identity=identity)
             self._featurizer = feat
             task: asyncio.Task[None] | None = asyncio.create_task(self._consume(source, feat),
@@ -278,3 +282,44 @@ def _reason(task: asyncio.Task[None]) -> str:
         return str(err)
     log.error("stream consumer failed", exc_info=err)
     return f"{type(err).__name__}: {err}"
+
+
+def watchdog_settings(live: LiveSection, *, can_restart: bool, restart_on_end: bool,
+                      loop: bool = False) -> wd.WatchdogSettings:
+    return wd.WatchdogSettings(
+        stall_after_s=live.stall_after_s, open_timeout_s=live.open_timeout_s,
+        backoff_initial_s=live.backoff_initial_s, backoff_max_s=max(live.backoff_max_s, live.backoff_initial_s),
+        max_restarts=live.max_restarts, restart_window_s=live.restart_window_s,
+        restart_on_end=restart_on_end, loop=loop, can_restart=can_restart)
+
+
+def pull_runner(spec: StreamConfig, cfg: Config, *, face_model: Path, live: LiveFeatureSettings, identity: bool,
+                on_window: Callable[[Window], None], on_phase: Callable[[StreamRunner], None] | None = None,
+                clock_start_s: float = 0.0) -> StreamRunner:
+    """The runner of a pulled stream (a file or an FFmpeg URL), in the server process or a worker."""
+    url = spec.url
+    if url is None:
+        raise ValueError(f"stream {spec.name!r} has no url to pull")
+    is_file = "://" not in url
+
+    def open_source() -> PullSource:
+        return PullSource(url, realtime=spec.realtime, max_side=cfg.features.max_side,
+                          timeout_s=cfg.live.open_timeout_s, queue_items=cfg.live.queue_items)
+
+    return StreamRunner(spec.name, "pull", open_source, face_model=face_model, features=cfg.features, live=live,
+                        watchdog=watchdog_settings(cfg.live, can_restart=True, restart_on_end=not is_file,
+                                                   loop=is_file and spec.loop),
+                        on_window=on_window, on_phase=on_phase, url=url, identity=identity,
+                        clock_start_s=clock_start_s)
+
+
+def limit_native_threads(n: int) -> None:
+    """Process-wide: torch's intra-op pool and every loaded BLAS pool (numpy's and OpenCV's
+    OpenBLAS, loaded with mediapipe) to ``n`` threads each; 0 leaves them alone. See
+    LiveSection.native_threads for why a monitor (and each of its workers) wants 1."""
+    if n:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(n)
+        threadpool_limits(n, user_api="blas")

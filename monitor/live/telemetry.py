@@ -36,12 +36,20 @@ from expose.monitor.live import watchdog as wd
 from expose.monitor.model.score import Status
 
 if TYPE_CHECKING:
-    from expose.monitor.live.runner import StreamRunner
+    from expose.monitor.live.runner import StreamHealth
 
 IDLE = "idle"  # the phase of a stream without a source: a WHIP stream name with no publisher
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # windows per scorer call (live.max_batch, 64 by default)
 BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class MonitoredRunner(Protocol):
+    """What the collector reads of a stream's runner (in this process or a worker's stand-in)."""
+
+    frames_received: int
+
+    def health(self, now: float | None = None) -> StreamHealth: ...
 
 
 class MonitoredStream(Protocol):
@@ -51,7 +59,7 @@ class MonitoredStream(Protocol):
     def policy(self) -> PolicyState: ...
 
     @property
-    def runner(self) -> StreamRunner | None: ...
+    def runner(self) -> MonitoredRunner | None: ...
 
 
 class Telemetry:
@@ -125,7 +133,7 @@ class _ScrapeTime(Collector):
         for name, s in streams.items():
             by_state[s.policy.state] = by_state.get(s.policy.state, 0) + 1
             runner = s.runner
-            phase = runner.state.phase if runner is not None else IDLE
+            phase = runner.health().phase if runner is not None else IDLE
             by_phase[phase] = by_phase.get(phase, 0) + 1
             if runner is not None:  # a new publisher's runner starts from 0: a counter reset
                 lost = runner.health().dropped_frames
