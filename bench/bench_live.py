@@ -100,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--native-threads", type=int, default=None,
                    help="live.native_threads: torch and BLAS threads (default: the config's, 1; 0: the "
                         "libraries' defaults, one per core)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="live.workers: streams featured in N worker processes (0: in the monitor's process). With "
+                        "workers the frames taken come from the streams' health counters and the latency from "
+                        "each score's frame_latency_s (the frame recorder cannot reach into the workers)")
     p.add_argument("--no-identity", action="store_true",
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -160,7 +164,8 @@ class ScoreSink:
     name = "bench"
 
     def __init__(self) -> None:
-        self.scores: list[tuple[float, str, float, str, float]] = []  # (mono, stream, t1, status, scoring s)
+        # (mono, stream, t1, status, scoring s, frame latency s or None)
+        self.scores: list[tuple[float, str, float, str, float, float | None]] = []
         self.record = True  # False: only count (the memory run: a list of every score would grow)
         self.count = 0
 
@@ -169,7 +174,8 @@ class ScoreSink:
             self.count += 1
             if self.record:
                 d = event.data
-                self.scores.append((time.monotonic(), event.stream, d["t1"], d["status"], d["latency_s"]))
+                self.scores.append((time.monotonic(), event.stream, d["t1"], d["status"], d["latency_s"],
+                                    d.get("frame_latency_s")))
 
     async def close(self) -> None:
         pass
@@ -177,12 +183,21 @@ class ScoreSink:
 
 # ---- machine and process -----------------------------------------------------------------
 
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def rss_mb(pid: int | str = "self") -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def workers_rss_mb(monitor: Any) -> float:
+    """RSS of the monitor's worker processes (live.workers), 0 without."""
+    pool = monitor.workers
+    return sum(rss_mb(pid) for pid in pool.pids() if pid is not None) if pool is not None else 0.0
 
 
 def machine() -> dict[str, Any]:
@@ -228,7 +243,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     features: dict[str, Any] = {"face_model": str(face)}
     if args.no_identity:
         features |= {"face_id_every": 0, "voice_every": 0}
-    live = {} if args.native_threads is None else {"native_threads": args.native_threads}
+    live: dict[str, Any] = {} if args.native_threads is None else {"native_threads": args.native_threads}
+    live["workers"] = args.workers
     cfg = Config.model_validate({"features": features, "model": {"decision": str(args.decision)}, "live": live,
                                  "profiles_dir": str(tmp / "profiles"),
                                  "server": {"db_path": str(tmp / "monitor.sqlite3")}})
@@ -291,6 +307,14 @@ async def remove_all(monitor: Any) -> None:
         await monitor.remove_stream(name)
 
 
+def _frame_counters(monitor: Any, name: str) -> tuple[int, int]:
+    """(frames taken from the source, frames the source queue dropped) so far, all connections."""
+    runner = monitor._streams[name].runner
+    if runner is None:
+        return 0, 0
+    return runner.frames_received, runner.health().dropped_frames
+
+
 async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: float, args: argparse.Namespace,
                     tmp: Path) -> dict[str, Any]:
     REC.clear()
@@ -299,12 +323,14 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
     streams = await add_streams(monitor, clip, f"n{n}", n, tmp, loop=False)
     await asyncio.sleep(args.warmup_seconds)
     a = time.monotonic()
+    counters_a = {name: _frame_counters(monitor, name) for name, _ in streams}
     rss: list[float] = []
     while time.monotonic() < a + args.level_seconds - args.warmup_seconds:
         await asyncio.sleep(1.0)
-        rss.append(rss_mb())
+        rss.append(rss_mb() + workers_rss_mb(monitor))
     b = time.monotonic()
     span = b - a
+    counters_b = {name: _frame_counters(monitor, name) for name, _ in streams}
     health = {name: monitor.view(name).health for name, _ in streams}
     per_stream: list[dict[str, Any]] = []
     e2e_all: list[float] = []
@@ -312,17 +338,26 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
     for name, url in streams:
         delivered = REC.delivered.get(url, [])
         taken = REC.taken.get(url, [])
-        d_fps = sum(1 for _, t in delivered if a <= t < b) / span
-        t_fps = sum(1 for t in taken if a <= t < b) / span
-        media_t = [m for m, _ in delivered]
         e2e, scoring = [], []
-        for mono, stream, t1, _status, lat in sink.scores:
-            if stream != name or not a <= mono < b:
-                continue
-            i = bisect.bisect_right(media_t, t1 - 0.5 / fps) - 1  # the window's last frame (stream t = media t)
-            if i >= 0:
-                e2e.append(mono - delivered[i][1])
-                scoring.append(lat)
+        if args.workers:  # the streams' own counters, and latency from the frame that completed the window
+            (took_a, lost_a), (took_b, lost_b) = counters_a[name], counters_b[name]
+            t_fps = (took_b - took_a) / span
+            d_fps = t_fps + (lost_b - lost_a) / span
+            for mono, stream, _t1, _status, lat, frame_lat in sink.scores:
+                if stream == name and a <= mono < b and frame_lat is not None:
+                    e2e.append(frame_lat)
+                    scoring.append(lat)
+        else:
+            d_fps = sum(1 for _, t in delivered if a <= t < b) / span
+            t_fps = sum(1 for t in taken if a <= t < b) / span
+            media_t = [m for m, _ in delivered]
+            for mono, stream, t1, _status, lat, _frame_lat in sink.scores:
+                if stream != name or not a <= mono < b:
+                    continue
+                i = bisect.bisect_right(media_t, t1 - 0.5 / fps) - 1  # the window's last frame (stream t = media t)
+                if i >= 0:
+                    e2e.append(mono - delivered[i][1])
+                    scoring.append(lat)
         e2e_all += e2e
         scoring_all += scoring
         h = health[name]

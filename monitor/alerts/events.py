@@ -121,6 +121,10 @@ class ScoreData(Message):
     reason: str = Field(description="Why insufficient, e.g. 'face on 0% of frames (< 60%)'; empty when scored.")
     state: StreamState = Field(description="The stream's state after this window.")
     latency_s: float = Field(description="Seconds from the window being ready to its score.")
+    frame_latency_s: float | None = Field(
+        None, description="Seconds from the arrival of the video frame that completed the window (taken from "
+        "the source or the WebRTC track) to this score: what a console waits for, featuring included. Null for "
+        "windows of a file read offline.")
     alert_id: str | None = Field(description="The alert in progress on this stream, if any.")
 
 

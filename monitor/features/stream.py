@@ -108,6 +108,7 @@ class StreamFeaturizer:
         self._face_ticks: list[int] = []  # ticks of the face descriptors held, ascending
         self._face_ids: list[np.ndarray] = []
         self._voice: tuple[int, np.ndarray] | None = None  # the last voice embedding: (tick, vector)
+        self._last_arrival: float | None = None  # VideoFrame.arrived of the newest frame pushed
 
     # ---- input ---------------------------------------------------------------------
     def push(self, item: VideoFrame | AudioChunk) -> list[Window]:
@@ -123,6 +124,7 @@ class StreamFeaturizer:
 
     def _push_video(self, frame: VideoFrame) -> None:
         self._video_frames += 1
+        self._last_arrival = frame.arrived
         self._last_video_t = frame.time
         tick = self._rows.tick_for(frame.time)
         if tick is None:
@@ -186,7 +188,7 @@ class StreamFeaturizer:
                    expression=v.expression, face_mask=v.face_mask, observed=v.observed,
                    audio=a["audio"], speech=a["speech"],
                    face_ids=ids.face_ids, face_id_rows=ids.face_id_rows,
-                   voice_id=ids.voice_id, voice_id_row=ids.voice_id_row)
+                   voice_id=ids.voice_id, voice_id_row=ids.voice_id_row, ready_at=self._last_arrival)
         self._windows += 1
         self._next_start = s + self.settings.hop
         self._trim()

@@ -57,6 +57,9 @@ class Window:
     # speech; None: no voice embedding (disabled, or no voice tick yet)
     voice_id: np.ndarray | None = field(default=None, repr=False)
     voice_id_row: int | None = None
+    # live only: wall clock (epoch s) when the video frame that completed the window arrived
+    # (media.reader.VideoFrame.arrived); a score's frame_latency_s counts from it
+    ready_at: float | None = None
 
     def __post_init__(self) -> None:
         t = len(self.face_mask)

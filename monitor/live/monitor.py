@@ -376,6 +376,8 @@ class LiveMonitor:
                                     thumbnail=runner.thumbnail if runner is not None else (lambda: None))
             entry.policy = step.state
             s = r.score
+            ready = r.request.window.ready_at  # the frame that completed the window (live sources)
+            frame_latency = max(0.0, time.time() - ready) if ready is not None else None
             data = ScoreData(
                 profile=s.profile or None, t0=s.t0, t1=s.t1, status=s.status,
                 distance=s.distance, smoothed=step.smoothed,
@@ -386,10 +388,11 @@ class LiveMonitor:
                 terms=dict(s.terms), driver=s.driver, explanation=s.explanation,
                 face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
                 reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),
+                frame_latency_s=round(frame_latency, 3) if frame_latency is not None else None,
                 alert_id=step.state.alert.id if step.state.alert is not None else None,
             )
             entry.last_score = data
-            self.telemetry.window(s.stream, s.status, r.latency_s)
+            self.telemetry.window(s.stream, s.status, frame_latency if frame_latency is not None else r.latency_s)
             self.emit(s.stream, data)
             if step.alert is not None:
                 self.store.put_alert(step.alert)

@@ -78,7 +78,8 @@ class Telemetry:
         self.batch_seconds = Histogram("expose_scorer_batch_seconds", "Duration of one batched scorer call.",
                                        buckets=BATCH_SECONDS, registry=self.registry)
         self.latency = Histogram("expose_alert_latency_seconds",
-                                 "From a window's last frame in to its score event (ScoreData.latency_s).",
+                                 "From the arrival of the frame that completed a window to its score event "
+                                 "(ScoreData.frame_latency_s; latency_s where the source stamps no arrival).",
                                  buckets=LATENCY_SECONDS, registry=self.registry)
         self.alerts_opened = Counter("expose_alerts_opened", "Alerts opened, by claimed profile.", ["profile"],
                                      registry=self.registry)

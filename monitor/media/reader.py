@@ -37,6 +37,9 @@ class VideoFrame:
     time_base: Fraction | None
     time: float
     image: np.ndarray = field(repr=False)  # (H, W, 3) uint8 RGB, C-contiguous
+    # wall clock (epoch s) when a live source handed the frame on; None for file reads. The
+    # windows it completes carry it, so a score's latency counts from the frame, not the window.
+    arrived: float | None = None
 
     def __post_init__(self) -> None:
         img = self.image

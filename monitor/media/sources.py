@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -157,6 +158,8 @@ class PullSource:
             if item is None:
                 self._loop.call_soon_threadsafe(self._queue.close, error)
             else:
+                if isinstance(item, VideoFrame):
+                    item = dataclasses.replace(item, arrived=time.time())
                 self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self._stop.set()

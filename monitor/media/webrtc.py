@@ -155,7 +155,7 @@ class WebRTCSource:
             self._size = (w, h, frame.width, frame.height)
         w, h = self._size[0], self._size[1]
         rgb = frame.reformat(width=w, height=h, format="rgb24")
-        return VideoFrame(frame.pts, frame.time_base, t, np.ascontiguousarray(rgb.to_ndarray()))
+        return VideoFrame(frame.pts, frame.time_base, t, np.ascontiguousarray(rgb.to_ndarray()), arrived=time.time())
 
     def _audio(self, frame: av.AudioFrame, clock: _TrackClock) -> list[AudioChunk]:
         t = clock.time(frame.pts, frame.time_base)
