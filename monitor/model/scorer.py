@@ -39,6 +39,7 @@ import torch
 
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
+from expose.monitor.model.denoisers import Denoiser, TorchDenoiser
 from expose.monitor.model.diffusion import add_noise
 from expose.monitor.model.exam import Exam, LoadedModel
 from expose.monitor.model.score import Score, ScoreSettings
@@ -130,6 +131,9 @@ class Scorer:
     settings: ScoreSettings = field(default_factory=ScoreSettings)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     decision: Decision | None = None  # None: the legacy weighted motion distance
+    # the network call (model/denoisers.py); None: the Exam module itself (TorchDenoiser). The
+    # rest of scoring is the same whatever the backend (model/backends.py: make_scorer)
+    denoiser: Denoiser | None = None
 
     @classmethod
     def of(cls, base: LoadedModel, device: torch.device | None = None) -> Scorer:
@@ -144,6 +148,8 @@ class Scorer:
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
+        if self.denoiser is None:
+            self.denoiser = TorchDenoiser(self.model, self.device)
         cfg = self.model.cfg
         gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
         # (times, draws, T, D): one fixed noise draw per (time, draw), shared by all windows
@@ -262,7 +268,8 @@ class Scorer:
         times = torch.tensor(self.settings.times, device=self.device)[:n_t]
         t_b = times.view(n_t, 1, 1, 1).expand(n_t, n_d, n_b, n_w).reshape(big)
         noise_b = noise[:, :, None, None].expand(n_t, n_d, n_b, n_w, *noise.shape[2:]).reshape(big, *x0.shape[1:])
-        x0_hat = m(add_noise(x0_b, t_b, noise_b), t_b, audio_b, tok_b)  # the one batched forward pass
+        assert self.denoiser is not None
+        x0_hat = self.denoiser(add_noise(x0_b, t_b, noise_b), t_b, audio_b, tok_b)  # the one batched forward pass
 
         def arrange(e: torch.Tensor) -> torch.Tensor:
             return e.view(n_t, n_d, n_b, n_w).permute(0, 1, 3, 2)  # (times, draws, W, B)
