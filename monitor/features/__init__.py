@@ -7,7 +7,9 @@ per-stream featurising (``stream``), the feature cache (``cache``), and pretrain
 identity embeddings behind one interface (``embedding``): the dlib face descriptor
 (``face_id``) and the GE2E speaker encoder (``voice_id``), and which ticks of the timeline
 carry them in tracks and windows (``identity``); the appearance network of DiffFake
-(``appearance``: face crops, the CNN, its weights file). Offline and live use the same rule
+(``appearance``: face crops, the CNN, its weights file); the face landmarker's networks
+converted to ONNX (``tflite_onnx``) and run batched across streams on onnxruntime
+(``onnx_face``, ``features.face_backend = "onnx"``). Offline and live use the same rule
 implementations, so a live window equals the offline one.
 
 May import: media

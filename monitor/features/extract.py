@@ -20,9 +20,10 @@ import numpy as np
 from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import MediaError
 from expose.monitor.features.audio import tick_audio
-from expose.monitor.features.expressions import EXPRESSION_DIM, ExpressionExtractor
+from expose.monitor.features.expressions import EXPRESSION_DIM, ExpressionExtractor  # noqa: F401 (bench_features patches it here)
 from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.identity import IdentityEmbedders, identity_version
+from expose.monitor.features.onnx_face import expression_extractor, face_backend
 from expose.monitor.features.timeline import FPS, SampleBuffer, TickRows, sample_of
 from expose.monitor.features.track import FORMAT_VERSION, FeatureTrack
 from expose.monitor.media.reader import AudioChunk, MediaReader, VideoFrame
@@ -47,6 +48,7 @@ def extractor_version(cfg: FeatureConfig, model_path: Path) -> str:
         f"r{EXTRACTOR_REVISION}-f{FORMAT_VERSION}-side{cfg.max_side}-faces{cfg.num_faces}"
         f"-conf{cfg.min_face_confidence}-model{_model_digest(str(model_path))}"
         + identity_version(cfg, lambda p: _model_digest(str(p)))
+        + ("-onnxface" if face_backend(cfg) == "onnx" else "")
     )
 
 
@@ -76,7 +78,7 @@ def extract_track(
     intervals: list[float] = []
     prev_t: float | None = None
     with MediaReader(source, require_video=True, require_audio=require_audio) as reader, \
-            ExpressionExtractor(model_path, cfg.num_faces, cfg.min_face_confidence) as extractor:
+            expression_extractor(cfg, model_path) as extractor:
         for item in reader.read(max_side=cfg.max_side):
             if isinstance(item, VideoFrame):
                 t = item.time
