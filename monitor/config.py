@@ -41,6 +41,12 @@ class FeatureConfig(_Strict):
     min_face_confidence: float = Field(
         0.5, gt=0.0, lt=1.0, description="Face detection / presence confidence threshold."
     )
+    face_backend: Literal["mediapipe", "onnx"] = Field(
+        "mediapipe",
+        description="What runs the face landmarker for file extraction: mediapipe (its own graph, the "
+        "reference), or onnx (its networks converted to ONNX, on onnxruntime, cropping as MediaPipe does: "
+        "features.onnx_face; blendshapes within ~0.001 of MediaPipe's, bench/face_parity.py).",
+    )
     face_id_every: int = Field(
         25, ge=0, le=250,
         description="Embed the primary face for face verification on every N-th tick of the 25 fps "
@@ -85,6 +91,16 @@ class ModelSection(_Strict):
         "shipped with expose (see monitor/assets/MODEL_CARD.md).",
     )
     device: str = Field("auto", description="auto (GPU when present), cpu, or cuda[:N].")
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the scorer's network call (the same scores within 1e-4; monitor/model/backends.py): "
+        "torch, or onnxruntime (the denoiser exported to ONNX, into cache_dir on first use, seconds; "
+        "`expose export-onnx` writes it as a file). auto: onnxruntime on a GPU when its CUDA provider is "
+        "installed (the gpu extra: onnxruntime-gpu, with IOBinding), else torch there (bf16, CUDA graphs); on "
+        "the CPU torch, the faster there as measured (README Performance: bench/scorer_backends.py; onnxruntime "
+        "was no faster, and with its memory arena on it keeps gigabytes resident) and exactly the numbers "
+        "profiles were calibrated with.",
+    )
     decision: str = Field(
         "none",
         description="How the score's terms are fused: none (the motion distance alone; the default this "

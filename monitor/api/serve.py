@@ -31,7 +31,6 @@ from expose.monitor.live.runner import limit_native_threads
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.whip import limit_host_candidates
 from expose.monitor.model.exam import load_model
-from expose.monitor.model.scorer import Scorer
 from expose.profiles.crypto import configured_key
 from expose.profiles.store import ProfileStore
 
@@ -123,12 +122,13 @@ class Service:
 def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
                   db_path: Path | str | None = None, sinks: Sequence[AlertSink] = ()) -> LiveMonitor:
     """Everything but HTTP: assets, model + scorer, profiles, store, sinks, the monitor."""
+    from expose.monitor.model.backends import make_scorer
     from expose.monitor.model.exam import pick_device
 
     limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
-    scorer = Scorer.of(base, pick_device(cfg.model.device))
+    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
     root = profiles_dir or cfg.profiles_dir
     profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())

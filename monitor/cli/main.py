@@ -565,8 +565,8 @@ def profiles_import(
 
 def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, names: set[str]):  # type: ignore[no-untyped-def]
     """Load the base model and the named profiles, refusing profiles of another base model."""
+    from expose.monitor.model.backends import make_scorer
     from expose.monitor.model.exam import pick_device
-    from expose.monitor.model.scorer import Scorer
     base = _base_model(cfg, model)
     store = _profile_store(cfg, profiles)
     loaded = {}
@@ -574,7 +574,7 @@ def _scoring_context(cfg: Config, model: Path | None, profiles: Path | None, nam
         p = store.load(n)
         p.check_base(base.sha256, base.decision.sha256 if base.decision else None)
         loaded[n] = p
-    scorer = Scorer.of(base, pick_device(cfg.model.device))
+    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
     return scorer, loaded
 
 
@@ -653,6 +653,28 @@ def _main_reason(scores: list[Score], threshold: float) -> dict[str, Any] | None
     return {"driver": driver, "explanation": explain(driver), "windows": counts[driver], "over": len(over)}
 
 
+@app.command("export-onnx")
+def export_onnx(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the ONNX model (FILE.onnx).",
+                                      dir_okay=False)],
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export the base model's denoiser (the scorer's batched network call) to ONNX, for model.backend onnxruntime.
+
+    Its metadata carries the model config, the fusion weights and score settings and the checkpoint's sha256.
+    """
+    from expose.monitor.model.exam import load_model
+    from expose.monitor.model.onnx_export import export_onnx as export
+
+    cfg = load_cli_config(config)
+    base = load_model(model if model is not None else cfg.model.path)  # the decision is not part of the graph
+    t0 = time.perf_counter()
+    data = export(base, out)
+    print(f"wrote {out} ({len(data) / 1e6:.1f} MB) from {base.path.name} (sha256 {base.sha256[:12]}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+
 @app.command(name="eval")
 def evaluate_cmd(
     cases: Annotated[Path, typer.Argument(help="CSV with columns path,claimed,label (real | fake | fake:<method>).",
@@ -699,6 +721,7 @@ def evaluate_cmd(
             print(f"  {key[3:]:<7} {k:<28} AUC {fmt(v['auc'])}  (n={v['n']})")
 
 
+from expose.monitor.cli import bench as cli_bench  # noqa: E402,F401  (registers bench on the same app)
 from expose.monitor.cli import demo as cli_demo  # noqa: E402,F401  (registers demo on the same app)
 from expose.monitor.cli import live as cli_live  # noqa: E402,F401  (registers serve and watch on the same app)
 
