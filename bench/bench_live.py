@@ -334,7 +334,7 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
     health = {name: monitor.view(name).health for name, _ in streams}
     per_stream: list[dict[str, Any]] = []
     # from the frame that completed each window to its score, in both modes (comparable across them)
-    frame_lat = [fl for mono, _, _, _, _, fl in sink.scores if a <= mono < b and fl is not None]
+    frame_lats = [fl for mono, _, _, _, _, fl in sink.scores if a <= mono < b and fl is not None]
     e2e_all: list[float] = []
     scoring_all: list[float] = []
     for name, url in streams:
@@ -385,7 +385,7 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
         reasons.append(f"the scoring queue dropped {monitor.loop.dropped - dropped0} windows")
     return {"streams": n, "measured_s": round(span, 1), "min_realtime": worst,
             "e2e_p50_s": r3(pct(e2e_all, 50)), "e2e_p95_s": r3(p95), "e2e_max_s": r3(max(e2e_all, default=None)),
-            "frame_latency_p50_s": r3(pct(frame_lat, 50)), "frame_latency_p95_s": r3(pct(frame_lat, 95)),
+            "frame_latency_p50_s": r3(pct(frame_lats, 50)), "frame_latency_p95_s": r3(pct(frame_lats, 95)),
             "scoring_p50_s": r3(pct(scoring_all, 50)), "scoring_p95_s": r3(pct(scoring_all, 95)),
             "windows": len(e2e_all), "rss_mb": round(statistics.median(rss), 1) if rss else None,
             "sustained": not reasons, "behind_because": reasons, "per_stream": per_stream}
