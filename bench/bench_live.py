@@ -573,7 +573,8 @@ def report(r: dict[str, Any]) -> str:
     if "rss_per_stream_mb_from_levels" in r:
         lines.append(f"RSS per stream (slope over the levels): {r['rss_per_stream_mb_from_levels']} MB")
     if mem := r.get("memory"):
-        lines.append(f"memory run (own process): {mem['streams']} looping stream(s), {mem['seconds']:.0f} s: RSS "
+        lines.append(f"memory run (own process): {mem['streams']} looping stream(s) of {mem['clip']}, "
+                     f"{mem['seconds']:.0f} s: RSS "
                      f"{mem['rss_before_mb']} -> steady {mem['rss_steady_mb']} MB (peak {mem['rss_peak_mb']}, end "
                      f"{mem['rss_end_mb']}), {mem['per_stream_mb']} MB per stream, drift over the second half "
                      f"{mem['drift_mb_per_min_second_half']} MB/min (least squares); second half "
