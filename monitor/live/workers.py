@@ -100,10 +100,14 @@ async def _worker(conn: Connection, settings: WorkerSettings, cfg: Config) -> No
             send(("ended", name))
 
     async def report() -> None:
+        trimmed = time.monotonic()
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             for name, (runner, _) in list(runners.items()):
                 send(("health", name, runner.health(), runner.thumbnail(), runner.frames_received))
+            if time.monotonic() - trimmed > 60:  # as the server's housekeeping does (live.heap)
+                await asyncio.to_thread(heap.trim)
+                trimmed = time.monotonic()
 
     reporter = asyncio.create_task(report())
     try:
