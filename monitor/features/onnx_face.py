@@ -598,7 +598,7 @@ def default_cache_dir() -> Path:
 
 def face_backend(cfg: FeatureConfig) -> str:
     """``features.face_backend``: "mediapipe" (the default) or "onnx"."""
-    return str(getattr(cfg, "face_backend", "mediapipe"))
+    return cfg.face_backend
 
 
 def expression_extractor(cfg: FeatureConfig, model_path: Path,
