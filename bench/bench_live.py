@@ -104,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="live.workers: streams featured in N worker processes (0: in the monitor's process). With "
                         "workers the frames taken come from the streams' health counters and the latency from "
                         "each score's frame_latency_s (the frame recorder cannot reach into the workers)")
+    p.add_argument("--no-heap-limits", action="store_true", help="live.heap_limits = false (glibc's defaults)")
     p.add_argument("--no-identity", action="store_true",
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -245,6 +246,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
         features |= {"face_id_every": 0, "voice_every": 0}
     live: dict[str, Any] = {} if args.native_threads is None else {"native_threads": args.native_threads}
     live["workers"] = args.workers
+    live["heap_limits"] = not args.no_heap_limits
     cfg = Config.model_validate({"features": features, "model": {"decision": str(args.decision)}, "live": live,
                                  "profiles_dir": str(tmp / "profiles"),
                                  "server": {"db_path": str(tmp / "monitor.sqlite3")}})

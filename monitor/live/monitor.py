@@ -110,7 +110,8 @@ class LiveMonitor:
         self.sinks = sinks
         self.policy = AlertPolicy(PolicySettings.from_config(cfg.alerts))
         # before any stream thread: few malloc arenas, video frames mapped on their own (live.heap)
-        heap.limit_heap()
+        if cfg.live.heap_limits:
+            heap.limit_heap()
         live = cfg.live
         # The face and voice terms read the windows' face descriptors and voice embeddings; they
         # are only computed with a decision: without one the score is the motion distance alone.

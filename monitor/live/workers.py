@@ -61,7 +61,8 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     server's end of the pipe closes."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     cfg = Config.model_validate_json(settings.config_json)
-    heap.limit_heap()
+    if cfg.live.heap_limits:
+        heap.limit_heap()
     limit_native_threads(cfg.live.native_threads)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_worker(conn, settings, cfg))
