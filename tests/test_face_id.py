@@ -196,3 +196,36 @@ def test_references_spread_over_pose_and_set_distances() -> None:
     assert reference_distances(probe, refs, "knn", k=2).tolist() == [0.5]
     assert reference_distances(probe, refs, "knn", k=9).tolist() == [2.0]  # k > M: all of them
     assert reference_distances(probe, refs, "centroid").tolist() == [2.0]
+
+
+def test_the_embedder_worker_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A process that dies without its exit hooks (SIGKILL, a multiprocessing child) must not
+    leave its embedder worker behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+
+    script = ("import os, time\n"
+              "from expose.monitor.features.embedding import IsolatedEmbedder, _shared_pool\n"
+              "IsolatedEmbedder('face', 'dlib-resnet')\n"
+              "print(*[p.pid for p in _shared_pool()._processes.values()], flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    children = [int(x) for x in parent.stdout.readline().split()]
+    assert children
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [c for c in children if running(c)]
+    assert not alive, f"embedder workers {alive} outlived their parent"

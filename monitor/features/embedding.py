@@ -30,6 +30,7 @@ import importlib
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -128,8 +129,22 @@ def _shared_pool(broken: ProcessPoolExecutor | None = None) -> ProcessPoolExecut
             _pool.shutdown(wait=False, cancel_futures=True)
             _pool = None
         if _pool is None:
-            _pool = ProcessPoolExecutor(_worker_count(), mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(_worker_count(), mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_watch_parent, initargs=(os.getpid(),))
         return _pool
+
+
+def _watch_parent(parent: int) -> None:
+    """In the worker: exit when the process that started it is gone. A pool's workers are
+    only joined by the interpreter's exit hooks, which a multiprocessing child (a live worker
+    process) or a killed process never runs: without this they lived on, orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _in_worker(key: tuple[Any, ...]) -> Embedder[Any]:
