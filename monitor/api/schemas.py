@@ -206,8 +206,7 @@ class OutboxEntryInfo(Message):
 
     @classmethod
     def of(cls, e: OutboxEntry) -> OutboxEntryInfo:
-        return cls(id=e.id, seq=e.seq, state=e.state, attempts=e.attempts, next_at=e.next_at,
-                   created_at=e.created_at, updated_at=e.updated_at, last_error=e.last_error)
+        return cls.model_validate({k: v for k, v in dataclasses.asdict(e).items() if k in cls.model_fields})
 
 
 class AuditRecord(Message):
@@ -225,4 +224,4 @@ class AuditRecord(Message):
 
     @classmethod
     def of(cls, e: AuditEntry) -> AuditRecord:
-        return cls(id=e.id, ts=e.ts, actor=e.actor, role=e.role, action=e.action, target=e.target, detail=e.detail)
+        return cls.model_validate(dataclasses.asdict(e))
