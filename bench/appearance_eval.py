@@ -3,7 +3,8 @@
 network trained only on self-blended pseudo-fakes of other people see real manipulations?
 
 For every clip of the attack manifest (bench/make_attacks.py) in the families genuine, swap
-(another dev identity's face swapped in), lipsync (the corpus lip-sync fakes) and, as
+(another dev identity's face swapped in), reenact (its own face made to follow another dev
+identity's motion), lipsync (the corpus lip-sync fakes) and, as
 controls the face is untouched in, dub and tts: up to --faces faces (every --stride-th decoded
 frame). Per clip, the mean over its faces of
   head     the network's real-vs-pseudo-fake logit (> 0: looks blended);
@@ -36,7 +37,7 @@ from expose.monitor.model.difffake import PairModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-FAMILIES = ["swap", "lipsync", "dub", "tts"]
+FAMILIES = ["swap", "reenact", "lipsync", "dub", "tts"]
 
 
 def main() -> None:

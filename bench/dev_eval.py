@@ -13,7 +13,9 @@ would, with the shipped decision); then its test media are scored, every one a r
   tts       its test video with synthetic speech (espeak-ng);
   lipsync   the lip-sync fakes of corpus/fake/news_anchor_zh claimed as news_anchor_zh;
   swap      its test clip with another dev identity's face swapped in, its own audio
-            (bench/face_swap.py; reported when the manifest has the family).
+            (bench/face_swap.py; reported when the manifest has the family);
+  reenact   its test clip with its own face warped to follow another dev identity's facial
+            motion, its own audio (bench/reenact.py; reported when the manifest has it).
 Every family at the original quality and re-encoded at H.264 CRF 35, 360p (the profiles are
 enrolled on the original footage either way: a compressed call against a clean enrollment).
 news_anchor_zh's only genuine footage is the 6 s the fakes were made from: that profile is
@@ -231,7 +233,7 @@ def main() -> None:
     def f(v: float | None) -> str:
         return "  n/a" if v is None else f"{v:.3f}"
 
-    families = [(f, f, "genuine") for f in ("impostor", "dub", "desync", "tts", "lipsync", "swap")]
+    families = [(f, f, "genuine") for f in ("impostor", "dub", "desync", "tts", "lipsync", "swap", "reenact")]
     families.append(("lipsync/6s", "lipsync", "genuine_short"))
     table: dict[str, Any] = {}
     for quality in QUALITIES:

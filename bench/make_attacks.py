@@ -17,6 +17,10 @@ one-recording identity, a cut of its clip from SPLIT x duration to the end (libx
   swap     the test clip with the next test identity's face (its test clip's frames, cycled)
            warped onto every frame along the landmarks, colour-matched and Poisson-blended
            (bench/face_swap.py; frames at most 640 px a side); the test clip's audio kept.
+  reenact  the test clip with its own face made to follow the next test identity's (cyclic)
+           facial motion: one frame of the target's face warped along the driver's landmark
+           displacements, placed at the target's head position, feather-pasted (bench/reenact.py;
+           frames at most 640 px a side); the test clip's audio kept.
 
 Each family at quality ``orig`` and ``crf35_360p`` (scale=-2:360, libx264 crf 35, aac 64k,
 made from the same inputs in one encode). Files go to ``~/.cache/expose/attacks`` (--out)
@@ -50,7 +54,7 @@ DEV_SPLIT: dict[str, tuple[list[str], list[str]]] = {
 }
 SPLIT = 0.6
 LIPSYNC = ["face_dain_50fps", "lip_dain_50fps", "none_dain_50fps", "retalking", "sadtalker", "sync_none", "wav2lip"]
-FAMILIES = ["genuine", "dub", "desync", "tts", "lipsync", "swap"]
+FAMILIES = ["genuine", "dub", "desync", "tts", "lipsync", "swap", "reenact"]
 FACE_MODEL = CORPUS.parent / "models" / "face_landmarker.task"
 QUALITIES = ["orig", "crf35_360p"]
 DESYNC_S = 0.48
@@ -147,22 +151,33 @@ def speak(voice: str) -> Callable[[Path], None]:
     return make
 
 
-def face_swap(target: Path, donor: Path) -> Callable[[Path], None]:
-    """A maker: ``target`` with ``donor``'s face (bench/face_swap.py) and ``target``'s audio."""
+def _with_own_audio(target: Path, other: Path, module: str, function: str) -> Callable[[Path], None]:
+    """A maker: ``bench/<module>.py``'s ``function(target, other, silent_out, FACE_MODEL)`` writes
+    the video, then ``target``'s audio is muxed in."""
 
     def make(out: Path) -> None:
+        import importlib
         import sys
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from face_swap import swap_video
-
+        write_video = getattr(importlib.import_module(module), function)
         silent = out.with_name(out.stem + ".video.mp4")
-        swap_video(target, donor, silent, FACE_MODEL)
+        write_video(target, other, silent, FACE_MODEL)
         ffmpeg(["-i", str(silent), "-i", str(target), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
                 *AAC_128, "-shortest"], out)
         silent.unlink()
 
     return make
+
+
+def face_swap(target: Path, donor: Path) -> Callable[[Path], None]:
+    """A maker: ``target`` with ``donor``'s face (bench/face_swap.py) and ``target``'s audio."""
+    return _with_own_audio(target, donor, "face_swap", "swap_video")
+
+
+def reenact(target: Path, driver: Path) -> Callable[[Path], None]:
+    """A maker: ``target`` with its face following ``driver``'s motion (bench/reenact.py), ``target``'s audio."""
+    return _with_own_audio(target, driver, "reenact", "reenact_video")
 
 
 def plan(out: Path, families: list[str], qualities: list[str]) -> list[Step]:
@@ -207,6 +222,11 @@ def plan(out: Path, families: list[str], qualities: list[str]) -> list[Step]:
             steps.append(Step(swapped, face_swap(test[name], test[donor])))
             add("swap", name, name, f"{name} test clip with {donor}'s face swapped in (landmark warp, Poisson "
                 "blend), its own audio", swapped, as_is=True)
+        if "reenact" in families:
+            driven = out / "reenactments" / f"{name}_{donor}.mp4"
+            steps.append(Step(driven, reenact(test[name], test[donor])))
+            add("reenact", name, name, f"{name} test clip, its face warped to follow {donor}'s facial motion "
+                "(landmark reenactment, feathered paste), its own audio", driven, as_is=True)
     if "lipsync" in families:
         for stem in LIPSYNC:
             src = CORPUS / "fake" / "news_anchor_zh" / f"{stem}.mp4"
