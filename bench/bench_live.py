@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "workers the frames taken come from the streams' health counters and the latency from "
                         "each score's frame_latency_s (the frame recorder cannot reach into the workers)")
     p.add_argument("--no-heap-limits", action="store_true", help="live.heap_limits = false (glibc's defaults)")
+    p.add_argument("--face-backend", choices=["mediapipe", "onnx"], default="mediapipe",
+                   help="features.face_backend: onnx = one face model per process, batched across its streams")
     p.add_argument("--no-identity", action="store_true",
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -241,7 +243,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     from expose.profiles.store import Calibration, Profile, ProfileStore
 
     face = args.face_model or Path(os.environ.get("EXPOSE_FACE_MODEL") or SHARED / "models" / "face_landmarker.task")
-    features: dict[str, Any] = {"face_model": str(face)}
+    features: dict[str, Any] = {"face_model": str(face), "face_backend": args.face_backend}
     if args.no_identity:
         features |= {"face_id_every": 0, "voice_every": 0}
     live: dict[str, Any] = {} if args.native_threads is None else {"native_threads": args.native_threads}

@@ -43,9 +43,10 @@ class FeatureConfig(_Strict):
     )
     face_backend: Literal["mediapipe", "onnx"] = Field(
         "mediapipe",
-        description="What runs the face landmarker for file extraction: mediapipe (its own graph, the "
-        "reference), or onnx (its networks converted to ONNX, on onnxruntime, cropping as MediaPipe does: "
-        "features.onnx_face; blendshapes within ~0.001 of MediaPipe's, bench/face_parity.py).",
+        description="What runs the face landmarker, offline and live: mediapipe (its own graph per stream, "
+        "the reference), or onnx (its networks converted to ONNX, on onnxruntime, cropping as MediaPipe does: "
+        "features.onnx_face; blendshapes within ~0.001 of MediaPipe's, bench/face_parity.py; live, one model "
+        "per process batched across its streams).",
     )
     face_id_every: int = Field(
         25, ge=0, le=250,
@@ -184,6 +185,28 @@ class LiveSection(_Strict):
     restart_window_s: float = Field(600.0, gt=0, description="Window for max_restarts.")
 
 
+class ClusterSection(_Strict):
+    """Many nodes over Redis Streams (monitor/live/cluster.py, docs/live.md "Many nodes"). Unset
+    ``redis_url``: one node, no Redis."""
+
+    redis_url: str | None = Field(None, description="Redis server of the cluster (redis:// or rediss://, "
+                                  "env EXPOSE_REDIS_URL). Set: `expose serve` is a console whose pulled streams run "
+                                  "on `expose node ingest` processes and whose windows are scored by `expose node "
+                                  "score` processes, all sharing this Redis. Unset: one node, no Redis.")
+    prefix: str = Field("expose", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                        description="Key prefix: clusters sharing one Redis use different prefixes.")
+    heartbeat_s: float = Field(1.0, gt=0, le=10, description="How often an ingest node renews its heartbeat "
+                               "and looks for streams to run.")
+    node_ttl_s: float = Field(5.0, gt=0, le=120, description="An ingest node silent this long is dead: another "
+                              "takes its streams over.")
+    claim_idle_s: float = Field(10.0, gt=0, le=600, description="A window read by a scorer but not acknowledged "
+                                "for this long (its scorer died) is claimed by another scorer (XAUTOCLAIM).")
+    windows_maxlen: int = Field(100_000, ge=1000, description="Windows kept in the windows stream (approximate "
+                                "trim): a bound on what a cluster without scorers buffers.")
+    events_maxlen: int = Field(1_000_000, ge=1000, description="Events kept in the events stream (approximate "
+                               "trim); each console keeps its own history in server.db_path.")
+
+
 class AlertSection(_Strict):
     smoothing: int = Field(8, ge=1, le=16, description="Scored windows averaged into the smoothed distance "
                            "(the profile's threshold for that mean is lower than for one window).")
@@ -299,6 +322,7 @@ class Config(_Strict):
     server: ServerSection = Field(default_factory=ServerSection)
     live: LiveSection = Field(default_factory=LiveSection)
     alerts: AlertSection = Field(default_factory=AlertSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
     streams: list[StreamConfig] = Field(default_factory=list, description="Streams watched from the start.")
     exporters: list[ExporterConfig] = Field(default_factory=list, description="Extra alert sinks.")
 
@@ -319,6 +343,8 @@ def load_config(path: Path | None = None) -> Config:
         data["profiles_dir"] = profiles
     if key_file := os.environ.get("EXPOSE_PROFILES_KEY_FILE"):
         data["profiles_key_file"] = key_file
+    if redis_url := os.environ.get("EXPOSE_REDIS_URL"):
+        data.setdefault("cluster", {})["redis_url"] = redis_url
     if model := os.environ.get("EXPOSE_MODEL"):
         data.setdefault("model", {})["path"] = model
     try:

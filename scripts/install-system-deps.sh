@@ -19,6 +19,8 @@ PACKAGES=(
     ffmpeg espeak-ng
     # SIEM exporter tests (tests/test_syslog.py): a real syslog daemon over UDP, TCP and TLS
     rsyslog rsyslog-gnutls
+    # many nodes over Redis Streams (tests/live/test_cluster.py): a real redis-server
+    redis-server
 )
 
 say() { echo "install-system-deps: $*"; }

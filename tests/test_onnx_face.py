@@ -11,6 +11,7 @@ far as MediaPipe with num_faces=1 is from num_faces=3. Skips when the converter'
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -217,3 +218,42 @@ def test_extract_track_with_the_onnx_backend(feature_config: FeatureConfig, face
     rows = ref.face_mask
     assert np.abs(ours.expression[rows, :N_BLENDSHAPES] - ref.expression[rows, :N_BLENDSHAPES]).mean() < 0.002
     assert np.array_equal(ours.face_id_ticks, ref.face_id_ticks)
+
+
+def test_shared_model_batches_the_streams_of_a_process(face_model: Path, onnx_dir: Path, frames: Frames) -> None:
+    """The live path: two streams' threads observe through one SharedFaceModel; their frames
+    run in shared batches, each stream keeps its own track, and the values are each stream's
+    alone; a closed stream's track is dropped."""
+    import threading
+
+    from expose.monitor.features.onnx_face import SharedFaceModel
+
+    part = frames[:8]
+    flipped = [(np.ascontiguousarray(im[:, ::-1]), t) for im, t in part]
+    with BatchedFaceModel(face_model, onnx_dir) as alone:
+        expected = {"a": [alone.observe([("a", im, t)])[0] for im, t in part],
+                    "b": [alone.observe([("b", im, t)])[0] for im, t in flipped]}
+    model = BatchedFaceModel(face_model, onnx_dir)
+    model.chunk = 1  # landmark runs of one crop: values as alone, whatever the batch
+    shared = SharedFaceModel(model, linger_s=0.5)  # long enough for both threads to be in each batch
+    got: dict[str, list] = {}
+
+    def stream(key: str, seq: Frames) -> None:
+        with shared.extractor(key) as ex:
+            got[key] = [ex.observe(im, t) for im, t in seq]
+
+    threads = [threading.Thread(target=stream, args=("a", part)), threading.Thread(target=stream, args=("b", flipped))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert set(got) == {"a", "b"}
+    for key in ("a", "b"):
+        for x, y in zip(expected[key], got[key], strict=True):
+            assert x is not None and y is not None
+            np.testing.assert_allclose(x.expression, y.expression, atol=1e-4)
+    assert shared.largest == 2 and shared.batches < 2 * len(part)  # both streams in one batch, not one each
+    deadline = time.monotonic() + 10
+    while model._tracks and time.monotonic() < deadline:  # the closes reach the batcher
+        time.sleep(0.05)
+    assert not model._tracks

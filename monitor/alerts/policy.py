@@ -149,6 +149,22 @@ class PolicyState:
     insufficient_run: int = 0
     alert: Alert | None = None  # the episode in progress
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values: the state kept outside the process (live.cluster: in Redis, shared by
+        the scorer nodes)."""
+        return {"state": self.state, "recent": list(self.recent),
+                "window": [dataclasses.asdict(m) for m in self.window], "under_run": self.under_run,
+                "insufficient_run": self.insufficient_run,
+                "alert": self.alert.to_dict() if self.alert is not None else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyState:
+        alert = d.get("alert")
+        return cls(state=d["state"], recent=tuple(float(x) for x in d["recent"]),
+                   window=tuple(_Mark(**m) for m in d["window"]), under_run=int(d["under_run"]),
+                   insufficient_run=int(d["insufficient_run"]),
+                   alert=Alert.from_dict(alert) if alert is not None else None)
+
 
 @dataclass(frozen=True)
 class _Mark:

@@ -133,8 +133,81 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)
+    all_sinks = [*sinks, *build_sinks(cfg.exporters, store.path)]
+    if cfg.cluster.redis_url:  # a console: streams on ingest nodes, scoring on scorer nodes (live.cluster)
+        from expose.monitor.live.bus import Bus
+        from expose.monitor.live.cluster import ClusterMonitor
+
+        return ClusterMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
+                              profiles=profiles, store=store, sinks=all_sinks, bus=Bus(cfg.cluster))
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
-                       profiles=profiles, store=store, sinks=[*sinks, *build_sinks(cfg.exporters, store.path)])
+                       profiles=profiles, store=store, sinks=all_sinks)
+
+
+def run_ingest_node(cfg: Config, *, model_path: Path | None = None, node: str | None = None) -> None:
+    """`expose node ingest`: run the cluster's pulled streams until SIGINT / SIGTERM."""
+    import asyncio
+    import signal
+
+    from expose.monitor.features.identity import IdentityEmbedders
+    from expose.monitor.features.stream import LiveFeatureSettings
+    from expose.monitor.features.timeline import FPS
+    from expose.monitor.live import heap
+    from expose.monitor.live.bus import Bus
+    from expose.monitor.live.cluster import IngestNode
+
+    bus = Bus(cfg.cluster)  # first: no Redis, no point loading anything
+    if cfg.live.heap_limits:
+        heap.limit_heap()
+    limit_native_threads(cfg.live.native_threads)
+    face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    identity = base.decision is not None  # the face and voice terms need the windows' embeddings
+    if identity:
+        IdentityEmbedders.from_config(cfg.features)
+    live = cfg.live
+    features = LiveFeatureSettings(window=base.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
+                                   audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
+    ingest = IngestNode(cfg, bus, face_model=face_model, features=features, identity=identity, node=node)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await ingest.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        bus.close()
+
+
+def run_scorer_node(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
+                    node: str | None = None) -> None:
+    """`expose node score`: score the cluster's windows until SIGINT / SIGTERM."""
+    import signal
+    import threading
+
+    from expose.monitor.live.bus import Bus
+    from expose.monitor.live.cluster import ScorerNode
+    from expose.monitor.model.backends import make_scorer
+    from expose.monitor.model.exam import pick_device
+
+    bus = Bus(cfg.cluster)
+    limit_native_threads(cfg.live.native_threads)
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
+    root = profiles_dir or cfg.profiles_dir
+    profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))
+    node_ = ScorerNode(cfg, bus, scorer, profiles, base_sha256=base.sha256, node=node)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node_.run(stop)
+    finally:
+        bus.close()
 
 
 def build_service(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None) -> Service:

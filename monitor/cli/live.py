@@ -258,3 +258,39 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (
     info = store.revoke(token_id)
     store.audit(cli_actor(), "token.revoke", info.id, name=info.name, role=info.role)
     out.print(f"revoked token {info.id} ({info.role}) of {info.name!r}", markup=False, highlight=False)
+
+
+node_app = typer.Typer(help="Cluster nodes over Redis Streams (cluster.redis_url): ingest and scorer processes.",
+                       no_args_is_help=True)
+app.add_typer(node_app, name="node")
+NodeIdOpt = Annotated[str | None, typer.Option("--id", help="This node's name in the cluster (default: "
+                                               "ROLE-HOST-PID); a restarted node with the same name takes its "
+                                               "streams back at once.")]
+
+
+def _cluster_config(config: Path | None) -> Config:
+    cfg = load_cli_config(config)
+    if not cfg.cluster.redis_url:
+        raise ExposeError("no cluster: set cluster.redis_url in the config or EXPOSE_REDIS_URL")
+    return cfg
+
+
+@node_app.command("ingest")
+def node_ingest(config: ConfigOpt = None, model: ModelOpt = None, node_id: NodeIdOpt = None) -> None:
+    """Run the cluster's pulled streams (source -> features -> windows into Redis); takes over
+    the streams of ingest nodes that die. Stop with Ctrl-C or SIGTERM."""
+    from expose.monitor.api.serve import run_ingest_node
+
+    logging.getLogger("expose").setLevel(logging.INFO)  # takeovers and hand-overs are worth a line
+    run_ingest_node(_cluster_config(config), model_path=model, node=node_id)
+
+
+@node_app.command("score")
+def node_score(config: ConfigOpt = None, model: ModelOpt = None, profiles: ProfilesOpt = None,
+               node_id: NodeIdOpt = None) -> None:
+    """Score the cluster's windows (one process per GPU or per few cores) and apply the alert
+    policy; takes over the windows of scorer nodes that die. Stop with Ctrl-C or SIGTERM."""
+    from expose.monitor.api.serve import run_scorer_node
+
+    logging.getLogger("expose").setLevel(logging.INFO)  # takeovers and hand-overs are worth a line
+    run_scorer_node(_cluster_config(config), model_path=model, profiles_dir=profiles, node=node_id)

@@ -51,8 +51,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import struct
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -584,6 +587,156 @@ class OnnxExpressionExtractor(ExpressionExtractor):
         obs = self.observe(image, time_s)
         return None if obs is None else obs.expression
 
+
+class SharedFaceModel:
+    """One BatchedFaceModel for every stream of a process (the live path with
+    ``features.face_backend = "onnx"``): each stream's featurizer thread calls ``observe`` and
+    waits; one batcher thread runs what the streams submitted within ``linger_s`` as one batch
+    per network. So N streams cost one detector / landmark / blendshape run per tick instead
+    of N (on a GPU the difference between tens and hundreds of streams per node).
+
+    ``extractor(key)`` gives a stream its ExpressionExtractor-like handle (observe, process,
+    close); closing it drops the stream's tracking state. A stream whose frame is in a batch
+    waits for that batch only: a frame submitted while a batch runs goes into the next one.
+    """
+
+    def __init__(self, model: BatchedFaceModel, linger_s: float = 0.003, max_batch: int = 32) -> None:
+        self.model = model
+        self.linger_s = linger_s
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Hashable, np.ndarray, float, _Pending] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._users = 0
+        self.batches = 0
+        self.largest = 0
+        self._thread = threading.Thread(target=self._run, name="face-batcher", daemon=True)
+        self._thread.start()
+
+    def extractor(self, key: Hashable) -> SharedStreamExtractor:
+        with self._lock:
+            self._users += 1
+        return SharedStreamExtractor(self, key)
+
+    def observe(self, key: Hashable, image: np.ndarray, time_s: float) -> FaceObservation | None:
+        pending = _Pending()
+        self._queue.put((key, image, time_s, pending))
+        return pending.wait()
+
+    def _release(self, key: Hashable) -> None:
+        with self._lock:
+            self._users -= 1
+        self._queue.put((key, np.zeros((0, 0, 3), np.uint8), -1.0, _Pending()))  # reset in the batcher thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            deadline = time.monotonic() + self.linger_s
+            while len(items) < self.max_batch:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            self._batch(items)
+
+    def _batch(self, items: list[tuple[Hashable, np.ndarray, float, _Pending]]) -> None:
+        work: list[tuple[Hashable, np.ndarray, float, _Pending]] = []
+        later: list[tuple[Hashable, np.ndarray, float, _Pending]] = []
+        seen: set[Hashable] = set()
+        for it in items:
+            if it[2] < 0:  # a closed stream: forget its track
+                self.model.reset(it[0])
+                it[3].set(None)
+            elif it[0] in seen:  # one frame per stream per batch (a stream never has two waiting)
+                later.append(it)
+            else:
+                seen.add(it[0])
+                work.append(it)
+        if work:
+            try:
+                results = self.model.observe([(k, img, t) for k, img, t, _ in work])
+            except Exception as err:  # the stream threads see it, the batcher goes on
+                for it in work:
+                    it[3].fail(err)
+            else:
+                self.batches += 1
+                self.largest = max(self.largest, len(work))
+                for it, res in zip(work, results, strict=True):
+                    it[3].set(res)
+        if later:
+            self._batch(later)
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: FaceObservation | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: FaceObservation | None) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, err: BaseException) -> None:
+        self._error = err
+        self._done.set()
+
+    def wait(self) -> FaceObservation | None:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class SharedStreamExtractor(ExpressionExtractor):
+    """One stream's handle on a SharedFaceModel, usable where an ExpressionExtractor is."""
+
+    def __init__(self, shared: SharedFaceModel, key: Hashable) -> None:
+        self._shared, self._key, self._closed = shared, key, False
+
+    def __enter__(self) -> SharedStreamExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._shared._release(self._key)
+
+    def observe(self, image: np.ndarray, time_s: float) -> FaceObservation | None:
+        return self._shared.observe(self._key, image, time_s)
+
+    def process(self, image: np.ndarray, time_s: float) -> np.ndarray | None:
+        obs = self.observe(image, time_s)
+        return None if obs is None else obs.expression
+
+
+_SHARED: dict[tuple[str, str, int, float], SharedFaceModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def live_extractor(cfg: FeatureConfig, model_path: Path, cache_dir: Path | None, key: Hashable) -> ExpressionExtractor:
+    """A live stream's extractor: MediaPipe's own graph per stream, or with
+    ``face_backend = "onnx"`` a handle on the process's one SharedFaceModel (batched across
+    every stream of the process)."""
+    if face_backend(cfg) != "onnx":
+        return ExpressionExtractor(model_path, cfg.num_faces, cfg.min_face_confidence)
+    cache = cache_dir or default_cache_dir()
+    k = (str(model_path), str(cache), cfg.num_faces, cfg.min_face_confidence)
+    with _SHARED_LOCK:
+        shared = _SHARED.get(k)
+        if shared is None:
+            shared = _SHARED[k] = SharedFaceModel(BatchedFaceModel(model_path, cache, cfg.num_faces,
+                                                                   cfg.min_face_confidence))
+    return shared.extractor(key)
 
 
 def default_cache_dir() -> Path:

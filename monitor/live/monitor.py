@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -26,8 +26,6 @@ from expose.exporters.outbox import Outbox
 from expose.monitor.alerts.events import (
     AlertChange,
     AlertDetail,
-    AlertSummary,
-    AlertUpdate,
     Event,
     EventPayload,
     ScoreData,
@@ -49,10 +47,10 @@ from expose.monitor.features.windows import Window
 from expose.monitor.live import heap
 from expose.monitor.live import watchdog as wd
 from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner, watchdog_settings
-from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop
+from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop, alert_payloads, score_data
 from expose.monitor.live.store import LiveStore
 from expose.monitor.live.telemetry import Telemetry
-from expose.monitor.live.workers import RemoteRunner, WorkerPool, WorkerSettings
+from expose.monitor.live.workers import WorkerPool, WorkerSettings
 from expose.monitor.media.whip import WhipSession, open_session
 from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile, ProfileError, ProfileStore
@@ -74,10 +72,24 @@ class NotFound(ExposeError):
     """An unknown stream, alert or session."""
 
 
+class Runner(Protocol):
+    """What the monitor asks of a stream's runner: a StreamRunner in this process, or one that
+    stands in for a runner elsewhere (a worker process: RemoteRunner; a cluster's ingest node:
+    cluster.ClusterRunner)."""
+
+    name: str
+    frames_received: int
+
+    def health(self, now: float | None = None) -> StreamHealth: ...
+    def thumbnail(self) -> str | None: ...
+    def stop(self) -> None: ...
+    async def run(self) -> None: ...
+
+
 @dataclass
 class _Stream:
     spec: StreamConfig
-    runner: StreamRunner | RemoteRunner | None = None
+    runner: Runner | None = None
     task: asyncio.Task[None] | None = None
     whip: WhipSession | None = None
     policy: PolicyState = field(default_factory=PolicyState)
@@ -187,11 +199,10 @@ class LiveMonitor:
                 await s.close()
 
     # ---- events ----------------------------------------------------------------------
-    def emit(self, stream: str | None, payload: EventPayload) -> Event:
+    def emit(self, stream: str | None, payload: EventPayload) -> None:
         """Store the event (assigning its seq) and queue it for the sinks, in seq order."""
         event = self.store.append_event(payload.event_type, stream, payload.model_dump(mode="json")).event()
         self._outbox.put_nowait(event)
-        return event
 
     async def _dispatch(self) -> None:
         while True:
@@ -268,7 +279,7 @@ class LiveMonitor:
     def _watchdog(self, *, can_restart: bool, restart_on_end: bool, loop: bool = False) -> wd.WatchdogSettings:
         return watchdog_settings(self.cfg.live, can_restart=can_restart, restart_on_end=restart_on_end, loop=loop)
 
-    def _pull_runner(self, spec: StreamConfig) -> StreamRunner | RemoteRunner:
+    def _pull_runner(self, spec: StreamConfig) -> Runner:
         if self.workers is not None:  # live.workers > 0: a worker process runs it
             return self.workers.assign(spec)
         return pull_runner(spec, self.cfg, face_model=self.face_model, live=self.features, identity=self.identity,
@@ -278,13 +289,14 @@ class LiveMonitor:
                 watchdog: wd.WatchdogSettings) -> StreamRunner:
         return StreamRunner(name, kind, open_source, face_model=self.face_model,  # type: ignore[arg-type]
                             features=self.cfg.features, live=self.features, watchdog=watchdog,
-                            on_window=self._on_window, on_phase=self._on_phase, url=url, identity=self.identity)
+                            on_window=self._on_window, on_phase=self._on_phase, url=url, identity=self.identity,
+                            cache_dir=self.cfg.cache_dir)
 
-    def _start_runner(self, entry: _Stream, runner: StreamRunner | RemoteRunner) -> None:
+    def _start_runner(self, entry: _Stream, runner: Runner) -> None:
         entry.runner = runner
         entry.task = asyncio.create_task(self._run(entry, runner), name=f"stream:{entry.spec.name}")
 
-    async def _run(self, entry: _Stream, runner: StreamRunner | RemoteRunner) -> None:
+    async def _run(self, entry: _Stream, runner: Runner) -> None:
         try:
             await runner.run()
         except asyncio.CancelledError:
@@ -301,7 +313,7 @@ class LiveMonitor:
     def _configured(self, name: str) -> bool:
         return any(s.name == name for s in self.cfg.streams) or name in self.store.list_streams()
 
-    def _on_phase(self, runner: StreamRunner | RemoteRunner) -> None:
+    def _on_phase(self, runner: Runner) -> None:
         h = runner.health()
         self.emit(runner.name, StreamPhase(action="phase", phase=h.phase, reason=h.reason, reconnects=h.reconnects))
 
@@ -377,21 +389,8 @@ class LiveMonitor:
                                     thumbnail=runner.thumbnail if runner is not None else (lambda: None))
             entry.policy = step.state
             s = r.score
-            ready = r.request.window.ready_at  # the frame that completed the window (live sources)
-            frame_latency = max(0.0, time.time() - ready) if ready is not None else None
-            data = ScoreData(
-                profile=s.profile or None, t0=s.t0, t1=s.t1, status=s.status,
-                distance=s.distance, smoothed=step.smoothed,
-                # the threshold the smoothed distance was compared with
-                threshold=calib.alert_threshold(len(step.state.recent)) if calib else None,
-                z=prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
-                identity=s.identity, sync=s.sync, fit=s.fit, face=s.face, voice=s.voice,
-                terms=dict(s.terms), driver=s.driver, explanation=s.explanation,
-                face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
-                reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),
-                frame_latency_s=round(frame_latency, 3) if frame_latency is not None else None,
-                alert_id=step.state.alert.id if step.state.alert is not None else None,
-            )
+            data = score_data(r, step)
+            frame_latency = data.frame_latency_s
             entry.last_score = data
             self.telemetry.window(s.stream, s.status, frame_latency if frame_latency is not None else r.latency_s)
             self.emit(s.stream, data)
@@ -399,10 +398,8 @@ class LiveMonitor:
                 self.store.put_alert(step.alert)
                 if step.change == "opened":
                     self.telemetry.alert_opened(step.alert.profile)
-                if step.change == "opened" or step.change == "ended":
-                    self.emit(s.stream, AlertChange(action=step.change, alert=AlertDetail.of(step.alert)))
-                else:  # one per window while it lasts: the summary, not the evidence again
-                    self.emit(s.stream, AlertUpdate(action="updated", alert=AlertSummary.of(step.alert)))
+            for payload in alert_payloads(step):
+                self.emit(s.stream, payload)
 
     # ---- alerts ----------------------------------------------------------------------
     def alert(self, alert_id: str) -> Alert:

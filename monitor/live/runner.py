@@ -33,6 +33,7 @@ from expose.monitor.config import Config, FeatureConfig, LiveSection, StreamConf
 from expose.monitor.errors import ExposeError
 from expose.monitor.features.expressions import ExpressionExtractor
 from expose.monitor.features.identity import IdentityEmbedders
+from expose.monitor.features.onnx_face import live_extractor
 from expose.monitor.features.stream import LiveFeatureSettings, StreamFeaturizer
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
@@ -102,6 +103,7 @@ class StreamRunner:
         tick_s: float = 0.5,
         identity: bool = False,
         clock_start_s: float = 0.0,
+        cache_dir: Path | None = None,
     ) -> None:
         """``identity``: compute the face descriptors and voice embeddings that ``features``
         configures (the face and voice terms need them). ``clock_start_s``: the stream seconds
@@ -111,6 +113,7 @@ class StreamRunner:
         self.url = url
         self._open_source = open_source
         self._face_model = face_model
+        self._cache_dir = cache_dir  # the ONNX face model's converted networks (features.face_backend)
         self._features = features
         self._live = live
         self._wd_settings = watchdog
@@ -179,8 +182,9 @@ class StreamRunner:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self._features
+        # MediaPipe's graph per stream, or a handle on the process's batched ONNX face model
         extractor = await loop.run_in_executor(
-            self._pool, lambda: ExpressionExtractor(self._face_model, cfg.num_faces, cfg.min_face_confidence))
+            self._pool, lambda: live_extractor(cfg, self._face_model, self._cache_dir, (self.name, id(self))))
         try:
             identity = (await loop.run_in_executor(self._pool, IdentityEmbedders.from_config, cfg, True)
                         if self._identity else None)
@@ -310,7 +314,7 @@ def pull_runner(spec: StreamConfig, cfg: Config, *, face_model: Path, live: Live
                         watchdog=watchdog_settings(cfg.live, can_restart=True, restart_on_end=not is_file,
                                                    loop=is_file and spec.loop),
                         on_window=on_window, on_phase=on_phase, url=url, identity=identity,
-                        clock_start_s=clock_start_s)
+                        clock_start_s=clock_start_s, cache_dir=cfg.cache_dir)
 
 
 def limit_native_threads(n: int) -> None:

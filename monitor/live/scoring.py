@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from expose.monitor.alerts.events import AlertChange, AlertDetail, AlertSummary, AlertUpdate, EventPayload, ScoreData
+from expose.monitor.alerts.policy import PolicyStep
 from expose.monitor.features.windows import Window
 from expose.monitor.model.score import Score
 from expose.monitor.model.scorer import Scorer
@@ -117,14 +119,49 @@ class ScoringLoop:
         await self._on_scores(results)
 
     def _score(self, batch: list[QueuedWindow]) -> list[Score]:
-        claimed = {i: r.profile.requests([r.window], self.scorer)[0]
-                   for i, r in enumerate(batch) if r.profile is not None}
-        out: dict[int, Score] = {}
-        if claimed:
-            out.update(zip(claimed, self.scorer.score(list(claimed.values())), strict=True))
-        for i, r in enumerate(batch):
-            if r.profile is None:
-                w = r.window
-                out[i] = Score(w.stream, "", w.t0, w.t1, "insufficient", w.face_ratio, w.speech_ratio,
-                               reason="no claimed profile")
-        return [out[i] for i in range(len(batch))]
+        return score_windows(self.scorer, batch)
+
+
+def score_windows(scorer: Scorer, batch: list[QueuedWindow]) -> list[Score]:
+    """One batched scorer call for every claimed window; an unclaimed one is insufficient."""
+    claimed = {i: r.profile.requests([r.window], scorer)[0] for i, r in enumerate(batch) if r.profile is not None}
+    out: dict[int, Score] = {}
+    if claimed:
+        out.update(zip(claimed, scorer.score(list(claimed.values())), strict=True))
+    for i, r in enumerate(batch):
+        if r.profile is None:
+            w = r.window
+            out[i] = Score(w.stream, "", w.t0, w.t1, "insufficient", w.face_ratio, w.speech_ratio,
+                           reason="no claimed profile")
+    return [out[i] for i in range(len(batch))]
+
+
+def score_data(r: ScoredWindow, step: PolicyStep) -> ScoreData:
+    """The live ``score`` event of a scored window after its policy step."""
+    s, prof = r.score, r.request.profile
+    calib = prof.calibration if prof is not None else None
+    ready = r.request.window.ready_at  # the frame that completed the window (live sources)
+    frame_latency = max(0.0, time.time() - ready) if ready is not None else None
+    return ScoreData(
+        profile=s.profile or None, t0=s.t0, t1=s.t1, status=s.status,
+        distance=s.distance, smoothed=step.smoothed,
+        # the threshold the smoothed distance was compared with
+        threshold=calib.alert_threshold(len(step.state.recent)) if calib else None,
+        z=prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
+        identity=s.identity, sync=s.sync, fit=s.fit, face=s.face, voice=s.voice,
+        terms=dict(s.terms), driver=s.driver, explanation=s.explanation,
+        face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
+        reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),
+        frame_latency_s=round(frame_latency, 3) if frame_latency is not None else None,
+        alert_id=step.state.alert.id if step.state.alert is not None else None,
+    )
+
+
+def alert_payloads(step: PolicyStep) -> list[EventPayload]:
+    """The alert event of a policy step, if it opened, updated or ended one."""
+    if step.alert is None:
+        return []
+    if step.change == "opened" or step.change == "ended":
+        return [AlertChange(action=step.change, alert=AlertDetail.of(step.alert))]
+    # one per window while it lasts: the summary, not the evidence again
+    return [AlertUpdate(action="updated", alert=AlertSummary.of(step.alert))]

@@ -90,6 +90,30 @@ class LiveStore:
             seq = int(cur.lastrowid or 0)
         return StoredEvent(seq, type, stream, ts, data)
 
+    def append_followed(self, type: EventType, stream: str | None, data: dict[str, Any], ts: float,
+                        cursor_key: str, cursor: str) -> StoredEvent:
+        """An event read from elsewhere (a cluster's Redis events stream), stored together with
+        the position it was read at (one transaction): after a crash the console reads on from
+        the last stored one, never storing an event twice."""
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.execute("INSERT INTO events (type, stream, ts, data) VALUES (?, ?, ?, ?)",
+                                       (type, stream, ts, body))
+                self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                                 (cursor_key, cursor))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return StoredEvent(int(cur.lastrowid or 0), type, stream, ts, data)
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
     def events_since(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         with self._lock:
             rows = self._db.execute("SELECT seq, type, stream, ts, data FROM events WHERE seq > ? ORDER BY seq "
