@@ -79,3 +79,28 @@ def test_an_explained_alert_and_score_event_read_back_the_same(tmp_path: Path) -
     replayed = s.events_since(s.append_event("score", "cam", old).seq - 1)[0].event()
     assert isinstance(replayed, ScoreEvent) and replayed.driver is None and replayed.terms == {}
     s.close()
+
+
+def test_followed_events_keep_their_origin_and_since_maps_onto_it(tmp_path: Path) -> None:
+    """A cluster console's store: each followed event carries the Redis entry id it came from,
+    and an id maps onto the last event stored at or before it (ids compare as MS then N)."""
+    from expose.monitor.live.store import CLUSTER_CURSOR
+
+    store = LiveStore(tmp_path / "m.sqlite3")
+    data = {"action": "phase", "phase": "live", "reason": "", "reconnects": 0}
+    seqs = [store.append_followed("stream", "cam", data, 1.0, CLUSTER_CURSOR, origin).seq
+            for origin in ("1000-0", "1000-1", "1000-10", "1002-0")]
+    assert store.meta(CLUSTER_CURSOR) == "1002-0"
+    assert [e.origin for e in store.events_since(0)] == ["1000-0", "1000-1", "1000-10", "1002-0"]
+    assert store.events_since(0)[2].event().origin == "1000-10"
+    assert store.seq_at_origin("999-5") == 0
+    assert store.seq_at_origin("1000-2") == seqs[1]  # 1000-10 is after 1000-2 (not as strings)
+    assert store.seq_at_origin("1001-0") == seqs[2]
+    assert store.seq_at_origin("99999-0") == seqs[3]
+    local = store.append_event("stream", "cam", data)
+    assert store.events_since(seqs[3])[0].origin is None and local.seq > seqs[3]
+    with pytest.raises(ValueError, match="not a Redis entry id"):
+        store.seq_at_origin("12-x")
+    with pytest.raises(ValueError, match="not a Redis entry id"):
+        store.append_followed("stream", "cam", data, 1.0, CLUSTER_CURSOR, "nope")
+    assert len(store.events_since(0)) == 5  # the refused one left nothing behind

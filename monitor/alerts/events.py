@@ -214,6 +214,9 @@ class Envelope(Message):
     type: EventType = Field(description="The kind of message.")
     stream: str | None = Field(description="The stream it is about; null for heartbeats.")
     ts: float = Field(description="Wall clock, epoch seconds.")
+    origin: str | None = Field(None, description="In a cluster (cluster.redis_url): the event's entry id in the "
+                               "cluster's Redis events stream, the same on every console (`?since=` takes it); "
+                               "null on one node and for heartbeats.")
 
     @property
     def data(self) -> dict[str, Any]:
@@ -284,6 +287,7 @@ Event = Annotated[ScoreEvent | AlertEvent | StreamEvent | AuditEvent | Heartbeat
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def event_from(seq: int, type: str, stream: str | None, ts: float, data: Mapping[str, Any]) -> Event:
+def event_from(seq: int, type: str, stream: str | None, ts: float, data: Mapping[str, Any],
+               origin: str | None = None) -> Event:
     """The typed event from its stored parts (a store row, or a payload just stored)."""
-    return EVENTS.validate_python({"seq": seq, "type": type, "stream": stream, "ts": ts, **data})
+    return EVENTS.validate_python({"seq": seq, "type": type, "stream": stream, "ts": ts, "origin": origin, **data})

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from expose.monitor.api.schemas import (
 )
 from expose.monitor.config import StreamConfig
 from expose.monitor.live.monitor import BadStreamRequest, LiveMonitor, NotFound, StreamError
+from expose.monitor.live.store import CLUSTER_CURSOR
 from expose.monitor.media.whip import SdpError
 from expose.profiles.store import InvalidProfileName, ProfileError, UnknownProfile
 
@@ -315,8 +317,9 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str, access: Acce
 
     # ---- websocket -------------------------------------------------------------------
     @app.websocket("/ws")
-    async def ws(websocket: WebSocket, token: str | None = None, since: int | None = None) -> None:
-        """Events as JSON: ``?since=SEQ`` replays what followed SEQ, ``?since=-N`` the last N events."""
+    async def ws(websocket: WebSocket, token: str | None = None, since: str | None = None) -> None:
+        """Events as JSON: ``?since=SEQ`` replays what followed SEQ, ``?since=-N`` the last N events;
+        in a cluster ``?since=ID`` (an event's ``origin``, the same on every console) what followed it."""
         supplied = token
         header = websocket.headers.get("authorization", "")
         if supplied is None and header.lower().startswith("bearer "):
@@ -328,9 +331,14 @@ def create_app(monitor: LiveMonitor, hub: WebsocketHub, token: str, access: Acce
             code = {401: 4401, 403: 4403, 429: 4429}.get(err.status_code, 4400)
             await websocket.close(code=code, reason=str(err.detail)[:120])
             return
-        if since is not None:  # SQLite integers are 64-bit
-            since = max(-(2**62), min(since, 2**62))
-        await _stream_events(websocket, monitor, hub, since, cfg.heartbeat_s)
+        after = None
+        if since is not None:
+            try:
+                after = _since_seq(since, monitor)
+            except ValueError as err:
+                await websocket.close(code=1008, reason=str(err)[:120])
+                return
+        await _stream_events(websocket, monitor, hub, after, cfg.heartbeat_s)
 
     app.include_router(whip)
     app.include_router(api)
@@ -383,6 +391,15 @@ async def _read_limited(request: Request, limit: int) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         raise SdpError("malformed SDP offer: not UTF-8 text") from None
+
+
+def _since_seq(since: str, monitor: LiveMonitor) -> int:
+    """``?since=``: an event seq (negative: the last N), or in a cluster a Redis entry id."""
+    if re.fullmatch(r"-?\d{1,19}", since):
+        return max(-(2**62), min(int(since), 2**62))  # SQLite integers are 64-bit
+    if re.fullmatch(r"\d{1,15}-\d{1,15}", since) and monitor.store.meta(CLUSTER_CURSOR) is not None:
+        return monitor.store.seq_at_origin(since)
+    raise ValueError("since: an event seq, or in a cluster an event's origin id (MS-N)")
 
 
 async def _stream_events(websocket: WebSocket, monitor: LiveMonitor, hub: WebsocketHub, since: int | None,

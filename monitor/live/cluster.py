@@ -20,8 +20,9 @@
   it (their media arrive on its WebRTC connections) and add their windows like an ingest
   node. Every event, its own included, goes through the ``events`` stream; the console
   follows it into its own store, recording with each event the Redis entry id it came from
-  (one transaction), so websocket ``?since=SEQ`` resumes work as on one node and a
-  restarted console reads on where it stopped. Several consoles can follow one cluster,
+  (one transaction; the event's ``origin``), so websocket ``?since=SEQ`` resumes work as on
+  one node, ``?since=ORIGIN`` works on any console, and a restarted console reads on where it
+  stopped. Several consoles can follow one cluster,
   each with its own seq numbering.
 """
 
@@ -55,13 +56,12 @@ from expose.monitor.live.bus import GROUP, BadEntry, Bus, decode_event, decode_w
 from expose.monitor.live.monitor import LiveMonitor, NotFound, Runner, _Stream
 from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, alert_payloads, score_data, score_windows
-from expose.monitor.live.store import LiveStore
+from expose.monitor.live.store import CLUSTER_CURSOR, LiveStore
 from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile, ProfileError, ProfileStore
 
 log = logging.getLogger(__name__)
 
-CURSOR_KEY = "cluster_events_cursor"  # the console store's meta key: the last Redis event id stored
 
 
 def node_id(role: str) -> str:
@@ -417,7 +417,7 @@ class ClusterMonitor(LiveMonitor):
 
     # ---- following the cluster ------------------------------------------------------------
     async def _follow(self) -> None:
-        cursor = self.store.meta(CURSOR_KEY) or "0"
+        cursor = self.store.meta(CLUSTER_CURSOR) or "0"
         polled = 0.0
         while True:
             try:
@@ -440,7 +440,7 @@ class ClusterMonitor(LiveMonitor):
     def _take(self, entry_id: bytes, fields: Any) -> None:
         try:
             e = decode_event(entry_id, fields)
-            stored = self.store.append_followed(e.type, e.stream, e.data, e.ts, CURSOR_KEY, e.id)  # type: ignore[arg-type]
+            stored = self.store.append_followed(e.type, e.stream, e.data, e.ts, CLUSTER_CURSOR, e.id)  # type: ignore[arg-type]
             event = stored.event()
         except (BadEntry, ValueError) as err:
             log.error("cluster event %s skipped: %s", entry_id.decode(), err)

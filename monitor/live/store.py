@@ -34,7 +34,21 @@ CREATE TABLE IF NOT EXISTS alerts (
     opened_at REAL NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (opened_at);
 CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, body TEXT NOT NULL, added_at REAL NOT NULL);
+-- a cluster console's events: the Redis entry id (ms-n) each was read from (live.cluster)
+CREATE TABLE IF NOT EXISTS followed (seq INTEGER PRIMARY KEY, ms INTEGER NOT NULL, n INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS followed_by_origin ON followed (ms, n);
 """
+
+
+CLUSTER_CURSOR = "cluster_events_cursor"  # meta key: the last Redis event id a cluster console stored
+
+
+def parse_origin(origin: str) -> tuple[int, int]:
+    """A Redis stream entry id "MS-N" as two integers (ValueError if it is not one)."""
+    ms, sep, n = origin.partition("-")
+    if not sep or not ms.isdigit() or not n.isdigit() or len(ms) > 15 or len(n) > 15:
+        raise ValueError(f"not a Redis entry id: {origin!r}")
+    return int(ms), int(n)
 
 
 class StoreError(ExposeError):
@@ -50,10 +64,11 @@ class StoredEvent:
     stream: str | None
     ts: float  # wall clock, epoch seconds
     data: dict[str, Any]
+    origin: str | None = None  # a cluster console's: the Redis entry id it was read from
 
     def event(self) -> Event:
         """The typed message (raises pydantic.ValidationError on a body of another shape)."""
-        return event_from(self.seq, self.type, self.stream, self.ts, self.data)
+        return event_from(self.seq, self.type, self.stream, self.ts, self.data, self.origin)
 
 
 class LiveStore:
@@ -101,13 +116,24 @@ class LiveStore:
             try:
                 cur = self._db.execute("INSERT INTO events (type, stream, ts, data) VALUES (?, ?, ?, ?)",
                                        (type, stream, ts, body))
+                ms, n = parse_origin(cursor)
+                self._db.execute("INSERT INTO followed (seq, ms, n) VALUES (?, ?, ?)", (cur.lastrowid, ms, n))
                 self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                                  (cursor_key, cursor))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return StoredEvent(int(cur.lastrowid or 0), type, stream, ts, data)
+        return StoredEvent(int(cur.lastrowid or 0), type, stream, ts, data, cursor)
+
+    def seq_at_origin(self, origin: str) -> int:
+        """The last event stored from at or before Redis entry id ``origin`` (0: none), so that
+        ``?since=ID`` replays what followed it; raises ValueError on a malformed id."""
+        ms, n = parse_origin(origin)
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM followed WHERE ms < ? OR (ms = ? AND n <= ?)",
+                                   (ms, ms, n)).fetchone()
+        return int(row[0] or 0)
 
     def meta(self, key: str) -> str | None:
         with self._lock:
@@ -116,9 +142,11 @@ class LiveStore:
 
     def events_since(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         with self._lock:
-            rows = self._db.execute("SELECT seq, type, stream, ts, data FROM events WHERE seq > ? ORDER BY seq "
-                                    "LIMIT ?", (seq, limit)).fetchall()
-        return [StoredEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+            rows = self._db.execute(
+                "SELECT e.seq, e.type, e.stream, e.ts, e.data, f.ms, f.n FROM events e LEFT JOIN followed f "
+                "ON f.seq = e.seq WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (seq, limit)).fetchall()
+        return [StoredEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), f"{r[5]}-{r[6]}" if r[5] is not None else None)
+                for r in rows]
 
     def events_after(self, seq: int, limit: int = 10_000) -> list[Event]:
         """The typed events after ``seq`` (what a durable sink replays at start); a stored body
@@ -141,6 +169,7 @@ class LiveStore:
         """Keep the newest ``keep`` events; returns how many were deleted."""
         with self._lock:
             cur = self._db.execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (keep,))
+            self._db.execute("DELETE FROM followed WHERE seq < (SELECT MIN(seq) FROM events)")
             return cur.rowcount
 
     # ---- alerts ----------------------------------------------------------------------

@@ -95,7 +95,7 @@ def running_server(cfg: Config, model: Path, profiles: Path, timeout: float = 60
         loop.close()
 
 
-async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: int | None = None,
+async def collect_events(ws_url: str, until: Any, *, token: str = TOKEN, since: int | str | None = None,
                          timeout: float = 60, ssl_context: ssl.SSLContext | None = None) -> list[dict[str, Any]]:
     """Messages from /ws until ``until(messages)`` is true (or the timeout: then what came);
     ``ssl_context``: what a wss:// URL is verified with."""

@@ -201,6 +201,11 @@ def test_two_ingest_and_two_scorer_nodes_survive_killed_nodes(redis_url: str, ti
                 alerts = http.get("/api/alerts", params={"stream": "cam1"}).json()
                 health = http.get("/api/streams/cam1/health").json()
             every = asyncio.run(collect_events(srv.ws_url, lambda ms: False, since=0, timeout=3))
+            # ?since= takes an event's origin (its Redis entry id, the same on every console)
+            stored = [m for m in every if m["type"] != "heartbeat"]
+            middle = stored[len(stored) // 2]
+            resumed = asyncio.run(collect_events(srv.ws_url, lambda ms: any(m["type"] != "heartbeat" for m in ms),
+                                                 since=middle["origin"], timeout=10))
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -208,6 +213,10 @@ def test_two_ingest_and_two_scorer_nodes_survive_killed_nodes(redis_url: str, ti
         r.close()
 
     assert taken_s < TAKEOVER_WITHIN_S + 60
+    assert all(m["origin"] for m in stored)  # every event came through Redis
+    origins = [tuple(map(int, m["origin"].split("-"))) for m in stored]
+    assert origins == sorted(origins) and len(set(origins)) == len(origins)
+    assert [m for m in resumed if m["type"] != "heartbeat"][0]["seq"] == middle["seq"] + 1
     assert health["phase"] in ("live", "connecting")
     # complete and in order: seq strictly increasing, no event twice
     seqs = [m["seq"] for m in every if m["type"] != "heartbeat"]
