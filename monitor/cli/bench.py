@@ -8,8 +8,10 @@ its own (so that thread settings and memory of one do not colour the next), one 
 - ``scorer``: windows/s of the scorer per backend (torch, onnxruntime) and batch size
   (bench/scorer_backends.py);
 - ``live``: real-time streams sustained by one node, in one process and with ``--workers``
-  processes, with p50/p95 latency from the frame that completed each window and RSS per stream
-  (bench/bench_live.py), and the ratio of the two.
+  processes, each with MediaPipe (the default) and with the ONNX face model batched across the
+  process's streams (``features.face_backend = "onnx"``), with p50/p95 latency from the frame
+  that completed each window and RSS per stream (bench/bench_live.py), and each run's ratio to
+  the default (one process, MediaPipe).
 
 ``expose bench`` needs the source checkout (the README's set-up installs it editable); an
 installed wheel has no ``bench/`` and gets a one-line error. ``--quick`` shortens every part
@@ -98,8 +100,14 @@ def bench(
                       warmup, "--memory-seconds", "0"]
             one = _run("bench_live.py", common, None, 3600)
             many = _run("bench_live.py", [*common, "--workers", str(n_workers)], None, 3600)
-            result["live"] = {"one_process": one, "workers": many, "workers_n": n_workers,
-                              "streams_ratio": _ratio(many.get("sustained_streams"), one.get("sustained_streams"))}
+            onnx = _run("bench_live.py", [*common, "--face-backend", "onnx"], None, 3600)
+            both = _run("bench_live.py", [*common, "--face-backend", "onnx", "--workers", str(n_workers)], None, 3600)
+            base = one.get("sustained_streams")
+            result["live"] = {"one_process": one, "workers": many, "onnx_face": onnx, "workers_onnx_face": both,
+                              "workers_n": n_workers,
+                              "streams_ratio": _ratio(many.get("sustained_streams"), base),
+                              "streams_ratio_onnx_face": _ratio(onnx.get("sustained_streams"), base),
+                              "streams_ratio_workers_onnx_face": _ratio(both.get("sustained_streams"), base)}
     text = json.dumps(result, indent=2)
     if out is not None:
         out.write_text(text + "\n")
