@@ -105,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "workers the frames taken come from the streams' health counters and the latency from "
                         "each score's frame_latency_s (the frame recorder cannot reach into the workers)")
     p.add_argument("--no-heap-limits", action="store_true", help="live.heap_limits = false (glibc's defaults)")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="cluster mode on this machine: a redis-server, N `expose node ingest` processes and one "
+                        "`expose node score` process, the monitor as the console (frames and latency as with "
+                        "--workers)")
     p.add_argument("--face-backend", choices=["mediapipe", "onnx"], default="mediapipe",
                    help="features.face_backend: onnx = one face model per process, batched across its streams")
     p.add_argument("--no-identity", action="store_true",
@@ -197,10 +201,75 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+CLUSTER_PIDS: list[int] = []  # --cluster: redis-server and the node processes
+
+
 def workers_rss_mb(monitor: Any) -> float:
-    """RSS of the monitor's worker processes (live.workers), 0 without."""
+    """RSS of the monitor's worker processes (live.workers) or cluster processes, 0 without."""
     pool = monitor.workers
-    return sum(rss_mb(pid) for pid in pool.pids() if pid is not None) if pool is not None else 0.0
+    own = sum(rss_mb(pid) for pid in pool.pids() if pid is not None) if pool is not None else 0.0
+    return own + sum(rss_mb(pid) for pid in CLUSTER_PIDS)
+
+
+@contextlib.contextmanager
+def cluster_nodes(cfg: Any, model_path: Path, n_ingest: int, tmp: Path) -> Any:
+    """redis-server plus the node processes of --cluster, on this machine; yields the config with
+    cluster.redis_url set (the monitor built from it is the console)."""
+    import shutil
+    import socket
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("--cluster needs redis-server (scripts/install-system-deps.sh)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    procs = [subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    f = cfg.features
+    toml = (f'profiles_dir = "{cfg.profiles_dir}"\n[cluster]\nredis_url = "{url}"\n'
+            f'[features]\nface_model = "{f.face_model}"\nface_backend = "{f.face_backend}"\n'
+            f"face_id_every = {f.face_id_every}\nvoice_every = {f.voice_every}\n"
+            f'[model]\ndecision = "{cfg.model.decision}"\n'
+            f"[live]\nnative_threads = {cfg.live.native_threads}\n"
+            f"heap_limits = {'true' if cfg.live.heap_limits else 'false'}\n")
+    (tmp / "cluster.toml").write_text(toml)
+    node = [sys.executable, "-m", "expose.monitor.cli", "node"]
+    common = ["--config", str(tmp / "cluster.toml"), "--model", str(model_path)]
+    try:
+        time.sleep(0.5)
+        for i in range(n_ingest):
+            procs.append(subprocess.Popen([*node, "ingest", *common, "--id", f"ingest-{i}"],
+                                          stdout=(tmp / f"ingest-{i}.log").open("wb"), stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen([*node, "score", *common, "--id", "scorer-0"],
+                                      stdout=(tmp / "scorer-0.log").open("wb"), stderr=subprocess.STDOUT))
+        CLUSTER_PIDS[:] = [p.pid for p in procs]
+        import redis
+
+        r = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 180
+        while True:  # every node up (models loaded): ingest heartbeats, the scorer reading its group
+            nodes = len(list(r.scan_iter(match="expose:node:*")))
+            groups = r.xinfo_groups("expose:windows") if r.exists("expose:windows") else []
+            if nodes == n_ingest and groups:  # the scorer creates the group once its model is loaded
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                tails = "\n".join(f"{f.name}: {f.read_text()[-800:]}" for f in sorted(tmp.glob("*.log")))
+                raise SystemExit(f"the cluster did not start (nodes {nodes}/{n_ingest}, groups {groups}, exits "
+                                 f"{[p.poll() for p in procs]}):\n{tails}")
+            time.sleep(0.5)
+        r.close()
+        yield cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"redis_url": url})})
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        CLUSTER_PIDS.clear()
 
 
 def machine() -> dict[str, Any]:
@@ -345,7 +414,7 @@ async def run_level(monitor: Any, sink: ScoreSink, n: int, clip: Path, fps: floa
         delivered = REC.delivered.get(url, [])
         taken = REC.taken.get(url, [])
         e2e, scoring = [], []
-        if args.workers:  # the streams' own counters, and latency from the frame that completed the window
+        if args.workers or args.cluster:  # the streams' own counters; latency from the frame that completed a window
             (took_a, lost_a), (took_b, lost_b) = counters_a[name], counters_b[name]
             t_fps = (took_b - took_a) / span
             d_fps = t_fps + (lost_b - lost_a) / span
@@ -475,7 +544,6 @@ async def run_memory(monitor: Any, sink: ScoreSink, n: int, clip: Path, args: ar
 
 async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from expose.monitor.api.serve import build_monitor
-    from expose.monitor.features.timeline import FPS
 
     started = time.monotonic()
     clip = (args.corpus / args.clip).resolve() if not Path(args.clip).is_absolute() else Path(args.clip)
@@ -487,7 +555,17 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cfg, model_path, model_what = prepare(args, tmp)
     install_timed_source()
     sink = ScoreSink()
-    monitor = build_monitor(cfg, model_path=model_path, sinks=[sink])
+    with contextlib.ExitStack() as stack:
+        if args.cluster:
+            cfg = stack.enter_context(cluster_nodes(cfg, model_path, args.cluster, tmp))
+        monitor = build_monitor(cfg, model_path=model_path, sinks=[sink])
+        return await _bench(args, tmp, cfg, monitor, sink, clip, mem_clip, model_what, started)
+
+
+async def _bench(args: argparse.Namespace, tmp: Path, cfg: Any, monitor: Any, sink: Any, clip: Path, mem_clip: Path,
+                 model_what: str, started: float) -> dict[str, Any]:
+    from expose.monitor.features.timeline import FPS
+
     fps = source_fps(clip, 0.0 if args.memory_only else args.level_seconds)
     result: dict[str, Any] = {
         "machine": machine(), "model": model_what, "device": str(monitor.scorer.device),
