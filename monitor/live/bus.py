@@ -153,7 +153,12 @@ class Bus:
         pipe = self.r.pipeline()
         for key in (self.k_streams, self.k_assign, self.k_health, self.k_thumb):
             pipe.hdel(key, name)
+        pipe.delete(self.policy_key(name))  # a stream added again under the name starts a fresh policy
         pipe.execute()
+
+    def reset_policy(self, name: str) -> None:
+        """A new WHIP session on ``name``: its stream clock starts at 0 again, so does its policy."""
+        self.r.delete(self.policy_key(name))
 
     def streams(self) -> dict[str, StreamConfig]:
         out: dict[str, StreamConfig] = {}

@@ -57,6 +57,7 @@ from expose.monitor.live.monitor import LiveMonitor, NotFound, Runner, _Stream
 from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, alert_payloads, score_data, score_windows
 from expose.monitor.live.store import CLUSTER_CURSOR, LiveStore
+from expose.monitor.media.whip import WhipSession
 from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile, ProfileError, ProfileStore
 
@@ -380,6 +381,10 @@ class ClusterMonitor(LiveMonitor):
         # stored when it comes back from Redis (_take): one order of events for every console
         self.bus.put_event(payload.event_type, stream, payload.model_dump(mode="json"))
 
+    async def start_whip(self, name: str, profile: str | None, offer: str) -> WhipSession:
+        await asyncio.to_thread(self.bus.reset_policy, name)  # before its first window can be scored
+        return await super().start_whip(name, profile, offer)
+
     def _on_window(self, window: Window) -> None:  # the console's own (WHIP) streams
         entry = self._streams.get(window.stream)
         if entry is None:
@@ -467,6 +472,13 @@ class ClusterMonitor(LiveMonitor):
         self._outbox.put_nowait(event)
 
     async def _poll_health(self) -> None:
+        # the console's own (WHIP) streams: their thumbnails for the scorers' alerts, as ingest nodes report
+        own = {n: e.runner for n, e in self._streams.items() if isinstance(e.runner, StreamRunner)}
+        if own:
+            await asyncio.to_thread(
+                self.bus.put_health, {n: dataclasses.asdict(r.health()) | {"frames": r.frames_received}
+                                      for n, r in own.items()},
+                {n: t for n, r in own.items() if (t := r.thumbnail()) is not None})
         healths = await asyncio.to_thread(self.bus.healths)
         for name, entry in self._streams.items():
             runner = entry.runner

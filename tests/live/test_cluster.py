@@ -251,3 +251,37 @@ def test_nodes_without_a_cluster_fail_in_one_line(tmp_path: Path, redis_url: str
                              env={**os.environ, "EXPOSE_REDIS_URL": "", **env}, timeout=120)
         assert run.returncode != 0 and msg in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_whip_on_a_console_is_scored_by_a_scorer_node(redis_url: str, tiny_model: Path, profiles_dir: Path,
+                                                      clip: Clip, tmp_path: Path) -> None:
+    """A WHIP publisher connects to the console, which features the stream itself and sends its
+    windows to the cluster; a scorer node scores them and its alert carries the console's
+    thumbnail. A second session on the same stream name starts a fresh policy (its stream
+    clock starts at 0 again: its windows are scored, not dropped as stale)."""
+    from live_support import publish_whip
+
+    cfg = live_config(tmp_path, cluster={"redis_url": redis_url, **CLUSTER})
+    scorer = _node("score", _node_config(tmp_path, redis_url), "scorer-a", tiny_model, profiles_dir,
+                   tmp_path / "scorer.log")
+    media = clip(SPEECH_CLIP)
+    try:
+        with running_server(cfg, tiny_model, profiles_dir) as srv:
+            sessions = []
+            for _ in range(2):
+                code, _, msgs = asyncio.run(publish_whip(
+                    f"{srv.url}/whip/caller?profile=always", media, ws_url=srv.ws_url,
+                    until=lambda ms: len(_scores(ms, "caller")) >= 3, seconds=150))
+                assert code == 201
+                sessions.append(msgs)
+            with srv.client() as http:
+                alerts = http.get("/api/alerts", params={"stream": "caller"}).json()
+    finally:
+        stop_process(scorer)
+    for msgs in sessions:
+        scores = _scores(msgs, "caller")
+        assert len(scores) >= 3, (tmp_path / "scorer.log").read_text()[-2000:]
+        assert all(m["origin"] for m in scores)
+    second = [m["t1"] for m in _scores(sessions[1], "caller")]
+    assert min(second) < max(m["t1"] for m in _scores(sessions[0], "caller"))  # its clock started again
+    assert alerts and any(a["thumbnail_jpeg"] for a in alerts)
