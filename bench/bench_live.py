@@ -109,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cluster mode on this machine: a redis-server, N `expose node ingest` processes and one "
                         "`expose node score` process, the monitor as the console (frames and latency as with "
                         "--workers)")
+    p.add_argument("--face-crop", choices=["detect", "track"], default="detect",
+                   help="features.face_crop (with --face-backend onnx)")
     p.add_argument("--face-backend", choices=["mediapipe", "onnx"], default="mediapipe",
                    help="features.face_backend: onnx = one face model per process, batched across its streams")
     p.add_argument("--no-identity", action="store_true",
@@ -230,6 +232,7 @@ def cluster_nodes(cfg: Any, model_path: Path, n_ingest: int, tmp: Path) -> Any:
     f = cfg.features
     toml = (f'profiles_dir = "{cfg.profiles_dir}"\n[cluster]\nredis_url = "{url}"\n'
             f'[features]\nface_model = "{f.face_model}"\nface_backend = "{f.face_backend}"\n'
+            f'face_crop = "{f.face_crop}"\n'
             f"face_id_every = {f.face_id_every}\nvoice_every = {f.voice_every}\n"
             f'[model]\ndecision = "{cfg.model.decision}"\n'
             f"[live]\nnative_threads = {cfg.live.native_threads}\n"
@@ -312,7 +315,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     from expose.profiles.store import Calibration, Profile, ProfileStore
 
     face = args.face_model or Path(os.environ.get("EXPOSE_FACE_MODEL") or SHARED / "models" / "face_landmarker.task")
-    features: dict[str, Any] = {"face_model": str(face), "face_backend": args.face_backend}
+    features: dict[str, Any] = {"face_model": str(face), "face_backend": args.face_backend,
+                                "face_crop": args.face_crop}
     if args.no_identity:
         features |= {"face_id_every": 0, "voice_every": 0}
     live: dict[str, Any] = {} if args.native_threads is None else {"native_threads": args.native_threads}

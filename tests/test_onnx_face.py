@@ -202,6 +202,11 @@ def test_backend_is_a_config_value_and_keys_the_feature_cache(feature_config: Fe
     onnx_cfg = feature_config.model_copy(update={"face_backend": "onnx"})
     assert face_backend(feature_config) == "mediapipe"
     assert extractor_version(onnx_cfg, face_model) != extractor_version(feature_config, face_model)
+    tracked = onnx_cfg.model_copy(update={"face_crop": "track"})
+    assert extractor_version(tracked, face_model) != extractor_version(onnx_cfg, face_model)
+    # the crop is the ONNX path's: MediaPipe's features do not depend on it
+    assert extractor_version(feature_config.model_copy(update={"face_crop": "track"}), face_model) == \
+        extractor_version(feature_config, face_model)
 
 
 def test_extract_track_with_the_onnx_backend(feature_config: FeatureConfig, face_model: Path, clip: Clip,

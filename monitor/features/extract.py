@@ -49,6 +49,7 @@ def extractor_version(cfg: FeatureConfig, model_path: Path) -> str:
         f"-conf{cfg.min_face_confidence}-model{_model_digest(str(model_path))}"
         + identity_version(cfg, lambda p: _model_digest(str(p)))
         + ("-onnxface" if face_backend(cfg) == "onnx" else "")
+        + ("-track" if face_backend(cfg) == "onnx" and cfg.face_crop == "track" else "")
     )
 
 

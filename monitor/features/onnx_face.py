@@ -719,7 +719,7 @@ class SharedStreamExtractor(ExpressionExtractor):
         return None if obs is None else obs.expression
 
 
-_SHARED: dict[tuple[str, str, int, float], SharedFaceModel] = {}
+_SHARED: dict[tuple[str, str, int, float, str], SharedFaceModel] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -730,12 +730,12 @@ def live_extractor(cfg: FeatureConfig, model_path: Path, cache_dir: Path | None,
     if face_backend(cfg) != "onnx":
         return ExpressionExtractor(model_path, cfg.num_faces, cfg.min_face_confidence)
     cache = cache_dir or default_cache_dir()
-    k = (str(model_path), str(cache), cfg.num_faces, cfg.min_face_confidence)
+    k = (str(model_path), str(cache), cfg.num_faces, cfg.min_face_confidence, cfg.face_crop)
     with _SHARED_LOCK:
         shared = _SHARED.get(k)
         if shared is None:
             shared = _SHARED[k] = SharedFaceModel(BatchedFaceModel(model_path, cache, cfg.num_faces,
-                                                                   cfg.min_face_confidence))
+                                                                   cfg.min_face_confidence, crop=cfg.face_crop))
     return shared.extractor(key)
 
 
@@ -759,5 +759,5 @@ def expression_extractor(cfg: FeatureConfig, model_path: Path,
     """The single-stream extractor that ``features.face_backend`` names."""
     if face_backend(cfg) == "onnx":
         return OnnxExpressionExtractor(model_path, cache_dir or default_cache_dir(), cfg.num_faces,
-                                       cfg.min_face_confidence)
+                                       cfg.min_face_confidence, crop=cfg.face_crop)
     return ExpressionExtractor(model_path, cfg.num_faces, cfg.min_face_confidence)
