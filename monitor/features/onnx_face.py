@@ -597,7 +597,8 @@ class SharedFaceModel:
 
     ``extractor(key)`` gives a stream its ExpressionExtractor-like handle (observe, process,
     close); closing it drops the stream's tracking state. A stream whose frame is in a batch
-    waits for that batch only: a frame submitted while a batch runs goes into the next one.
+    waits for that batch only: a frame submitted while a batch runs goes into the next one. The
+    batcher waits (at most ``linger_s``) only for as many frames as there are open handles.
     """
 
     def __init__(self, model: BatchedFaceModel, linger_s: float = 0.003, max_batch: int = 32) -> None:
@@ -634,7 +635,8 @@ class SharedFaceModel:
                 return
             items = [first]
             deadline = time.monotonic() + self.linger_s
-            while len(items) < self.max_batch:
+            # wait for the other streams' frames only: one stream alone never lingers
+            while len(items) < min(self.max_batch, self._users):
                 try:
                     nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
