@@ -125,6 +125,11 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     from expose.monitor.model.backends import make_scorer
     from expose.monitor.model.exam import pick_device
 
+    bus = None
+    if cfg.cluster.redis_url:  # first: no Redis, no point loading anything
+        from expose.monitor.live.bus import Bus
+
+        bus = Bus(cfg.cluster)
     limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
@@ -134,12 +139,11 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)
     all_sinks = [*sinks, *build_sinks(cfg.exporters, store.path)]
-    if cfg.cluster.redis_url:  # a console: streams on ingest nodes, scoring on scorer nodes (live.cluster)
-        from expose.monitor.live.bus import Bus
+    if bus is not None:  # a console: streams on ingest nodes, scoring on scorer nodes (live.cluster)
         from expose.monitor.live.cluster import ClusterMonitor
 
         return ClusterMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
-                              profiles=profiles, store=store, sinks=all_sinks, bus=Bus(cfg.cluster))
+                              profiles=profiles, store=store, sinks=all_sinks, bus=bus)
     return LiveMonitor(cfg, scorer=scorer, base_model_sha256=base.sha256, face_model=face_model,
                        profiles=profiles, store=store, sinks=all_sinks)
 

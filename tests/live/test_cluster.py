@@ -241,11 +241,20 @@ def test_two_ingest_and_two_scorer_nodes_survive_killed_nodes(redis_url: str, ti
           f"{len(held)} held windows claimed")
 
 
+def _console_config(tmp: Path) -> Path:
+    path = tmp / "console.toml"
+    path.write_text(f'[server]\ndb_path = "{tmp / "console.sqlite3"}"\n')
+    return path
+
+
 def test_nodes_without_a_cluster_fail_in_one_line(tmp_path: Path, redis_url: str) -> None:
     for args, env, msg in [
         (["node", "score"], {}, "no cluster: set cluster.redis_url"),
         (["node", "ingest"], {"EXPOSE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}, "cannot reach Redis at"),
         (["node", "score"], {"EXPOSE_REDIS_URL": "http://not-redis"}, "cannot reach Redis at"),
+        # a console whose Redis is away fails at start, before listening
+        (["serve", "--port", "0", "--config", str(_console_config(tmp_path))],
+         {"EXPOSE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}, "cannot reach Redis at"),
     ]:
         run = subprocess.run([sys.executable, "-m", "expose.monitor.cli", *args], capture_output=True, text=True,
                              env={**os.environ, "EXPOSE_REDIS_URL": "", **env}, timeout=120)
