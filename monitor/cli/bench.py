@@ -9,9 +9,10 @@ its own (so that thread settings and memory of one do not colour the next), one 
   (bench/scorer_backends.py);
 - ``live``: real-time streams sustained by one node, in one process and with ``--workers``
   processes, each with MediaPipe (the default) and with the ONNX face model batched across the
-  process's streams (``features.face_backend = "onnx"``), with p50/p95 latency from the frame
-  that completed each window and RSS per stream (bench/bench_live.py), and each run's ratio to
-  the default (one process, MediaPipe).
+  process's streams (``features.face_backend = "onnx"``, crop "track"), and as a cluster on
+  this machine (redis-server, ``--workers`` ingest nodes, a scorer node, the console; needs
+  redis-server), with p50/p95 latency from the frame that completed each window and RSS per
+  stream (bench/bench_live.py), and each run's ratio to the default (one process, MediaPipe).
 
 ``expose bench`` needs the source checkout (the README's set-up installs it editable); an
 installed wheel has no ``bench/`` and gets a one-line error. ``--quick`` shortens every part
@@ -71,6 +72,9 @@ def bench(
     max_streams: Annotated[int, typer.Option(help="Highest number of streams the live runs try.")] = 8,
     quick: Annotated[bool, typer.Option("--quick", help="Shorter runs (a smoke test; noisier figures).")] = False,
     skip: Annotated[list[str] | None, typer.Option(help="Leave out a part: face_model, scorer, live.")] = None,
+    decision: Annotated[str, typer.Option(help="model.decision of the live runs: none (the default configuration), "
+                                               "auto (the shipped decision, face and voice embeddings on) or a "
+                                               "file.")] = "none",
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Measure this machine: face model frames/s, scorer windows/s per backend and batch size,
@@ -97,17 +101,17 @@ def bench(
                                                            str(tmp / "scorer.json")], tmp / "scorer.json", 1800)
         if "live" not in skip_set:
             common = ["--json", "--max-streams", str(max_streams), "--level-seconds", level_s, "--warmup-seconds",
-                      warmup, "--memory-seconds", "0"]
-            one = _run("bench_live.py", common, None, 3600)
-            many = _run("bench_live.py", [*common, "--workers", str(n_workers)], None, 3600)
-            onnx = _run("bench_live.py", [*common, "--face-backend", "onnx"], None, 3600)
-            both = _run("bench_live.py", [*common, "--face-backend", "onnx", "--workers", str(n_workers)], None, 3600)
-            base = one.get("sustained_streams")
-            result["live"] = {"one_process": one, "workers": many, "onnx_face": onnx, "workers_onnx_face": both,
-                              "workers_n": n_workers,
-                              "streams_ratio": _ratio(many.get("sustained_streams"), base),
-                              "streams_ratio_onnx_face": _ratio(onnx.get("sustained_streams"), base),
-                              "streams_ratio_workers_onnx_face": _ratio(both.get("sustained_streams"), base)}
+                      warmup, "--memory-seconds", "0", "--decision", decision]
+            onnx_face = ["--face-backend", "onnx", "--face-crop", "track"]
+            runs = {"one_process": common, "workers": [*common, "--workers", str(n_workers)],
+                    "onnx_face": [*common, *onnx_face],
+                    "workers_onnx_face": [*common, *onnx_face, "--workers", str(n_workers)],
+                    "cluster_onnx_face": [*common, *onnx_face, "--cluster", str(n_workers)]}
+            live: dict[str, Any] = {name: _run("bench_live.py", args, None, 3600) for name, args in runs.items()}
+            base = live["one_process"].get("sustained_streams")
+            live["workers_n"] = n_workers
+            live["streams_ratio"] = {name: _ratio(live[name].get("sustained_streams"), base) for name in runs}
+            result["live"] = live
     text = json.dumps(result, indent=2)
     if out is not None:
         out.write_text(text + "\n")
