@@ -64,7 +64,6 @@ from expose.profiles.store import Profile, ProfileError, ProfileStore
 log = logging.getLogger(__name__)
 
 
-
 def node_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
