@@ -58,6 +58,7 @@ from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, alert_payloads, score_data, score_windows
 from expose.monitor.live.store import CLUSTER_CURSOR, LiveStore
 from expose.monitor.media.whip import WhipSession
+from expose.monitor.model.score import Score
 from expose.monitor.model.scorer import Scorer
 from expose.profiles.store import Profile, ProfileError, ProfileStore
 
@@ -231,12 +232,29 @@ class ScorerNode:
         if not batch:
             return
         started = time.monotonic()
-        scores = score_windows(self.scorer, [q for _, q in batch])
+        try:
+            scores = score_windows(self.scorer, [q for _, q in batch])
+        except Exception:  # one window the scorer cannot take must not fail its batch for ever
+            log.exception("scoring a batch of %d windows failed; scoring them one by one", len(batch))
+            batch, scores = self._one_by_one(batch, entries)
         latency = time.monotonic() - started
         done = sorted(zip(batch, scores, strict=True), key=lambda x: (x[1].stream, x[1].t1))
         for (entry_id, q), score in done:
             self._apply(entry_id, ScoredWindow(q, score, latency))
         self.scored += len(done)
+
+    def _one_by_one(self, batch: list[tuple[bytes, QueuedWindow]], entries: list[tuple[bytes, Any]],
+                    ) -> tuple[list[tuple[bytes, QueuedWindow]], list[Score]]:
+        fields = dict(entries)
+        kept, scores = [], []
+        for entry_id, q in batch:
+            try:
+                scores.append(score_windows(self.scorer, [q])[0])
+                kept.append((entry_id, q))
+            except Exception as err:
+                log.error("window %s set aside: the scorer failed on it: %s", entry_id.decode(), err)
+                self.bus.dead_letter(entry_id, fields[entry_id], f"the scorer failed on it: {err}")
+        return kept, scores
 
     def _apply(self, entry_id: bytes, r: ScoredWindow) -> None:
         """The window's policy step, its events and its acknowledgement: all or nothing."""

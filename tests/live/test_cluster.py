@@ -12,6 +12,7 @@ with no window twice."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -69,13 +70,12 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         stop_process(proc)
 
 
-def _window(stream: str = "cam", t1: float = 2.0, voice: bool = True) -> Window:
+def _window(stream: str = "cam", t1: float = 2.0, voice: bool = True, t: int = 50) -> Window:
     import numpy as np
 
     from expose.monitor.features.audio import AUDIO_DIM
 
     rng = np.random.default_rng(0)
-    t = 50
     return Window(stream, t1 - 2.0, t1, rng.normal(size=(t, 58)).astype(np.float32),
                   rng.normal(size=(t, AUDIO_DIM)).astype(np.float32), rng.random(t) > 0.2,
                   rng.random(t).astype(np.float32), face_ids=rng.normal(size=(2, 128)).astype(np.float32),
@@ -294,3 +294,36 @@ def test_whip_on_a_console_is_scored_by_a_scorer_node(redis_url: str, tiny_model
     second = [m["t1"] for m in _scores(sessions[1], "caller")]
     assert min(second) < max(m["t1"] for m in _scores(sessions[0], "caller"))  # its clock started again
     assert alerts and any(a["thumbnail_jpeg"] for a in alerts)
+
+
+def test_a_window_the_scorer_cannot_take_is_set_aside_not_retried(redis_url: str, tiny_model: Path,
+                                                                  profiles_dir: Path) -> None:
+    """A scorer node's batch with one window the network cannot score (expression rows of the
+    wrong width): that window goes to windows:dead with the reason, the others are scored and
+    acknowledged, and nothing stays pending to fail the next scorer too."""
+    import numpy as np
+
+    from expose.monitor.config import ClusterSection, Config
+    from expose.monitor.live.bus import GROUP, Bus
+    from expose.monitor.live.cluster import ScorerNode
+    from expose.monitor.model.exam import load_model
+    from expose.monitor.model.scorer import Scorer
+    from expose.profiles.store import ProfileStore
+
+    bus = Bus(ClusterSection(redis_url=redis_url))
+    base = load_model(tiny_model)
+    node = ScorerNode(Config(), bus, Scorer.of(base), ProfileStore(profiles_dir), base_sha256=base.sha256, node="s1")
+    bus.ensure_group()
+    t = base.model.cfg.window
+    good = [_window("cam", t1=2.0 + i, voice=False, t=t) for i in range(2)]
+    bad = dataclasses.replace(good[0], t0=10.0, t1=12.0, expression=np.zeros((t, 10), np.float32))
+    for w in (good[0], bad, good[1]):
+        bus.put_window(w, "trump")
+    node.handle(bus.read_windows("s1", count=10, block_ms=1000))
+    r: Any = bus.r
+    dead = r.xrange(bus.k_dead)
+    assert len(dead) == 1 and b"the scorer failed" in dead[0][1][b"why"]
+    assert r.xpending(bus.k_windows, GROUP)["pending"] == 0
+    scores = [e for _, e in r.xrange(bus.k_events) if e[b"type"] == b"score"]
+    assert len(scores) == 2 and node.scored == 2
+    bus.close()
