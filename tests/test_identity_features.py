@@ -94,10 +94,12 @@ def test_live_windows_carry_the_offline_identity_embeddings(rel: str, clip: Clip
         # same frames, same landmarks, same network, no jitter: bit-identical descriptors
         np.testing.assert_array_equal(w.face_id_rows, o.face_id_rows)
         np.testing.assert_array_equal(w.face_ids, o.face_ids)
-        # same samples and the span's own VAD: bit-identical embeddings (NaN where both lack speech)
+        # same samples and the span's own VAD: the same embeddings (NaN where both lack speech), to
+        # float rounding: numpy's BLAS (the mel filterbank) rounds differently with another thread
+        # count, and a live monitor earlier in this process may have set it to 1 (live.native_threads)
         assert w.voice_id_row == o.voice_id_row
         assert w.voice_id is not None and o.voice_id is not None
-        np.testing.assert_array_equal(w.voice_id, o.voice_id)
+        np.testing.assert_allclose(w.voice_id, o.voice_id, rtol=0, atol=1e-6)
         faces += len(w.face_ids)
         voices += w.has_voice_id
     # 2-3 sampled ticks per 64-frame window, fewer at 22 fps (ticks no frame lands on get none)

@@ -61,6 +61,7 @@ secret = "{SECRET}"
 min_severity = "low"
 backoff_initial_s = 0.2
 backoff_max_s = 1.0
+max_attempts = 100  # the receiver is down all through the first run: nothing may be dead-lettered
 """)
     return path
 
