@@ -146,3 +146,22 @@ def test_threshold_as_a_function_of_the_number_of_averaged_windows() -> None:
         states.append(st.state)
     assert seen == [1, 2, 3, 4]
     assert states == ["authentic", "authentic", "alert", "alert"]  # 4 > 10/3 from the third window
+
+
+def test_policy_state_survives_json_and_steps_on_the_same() -> None:
+    """A cluster's scorers keep each stream's state in Redis as JSON (live.cluster): every state
+    along an episode reads back equal, and the next step from the read-back state is the step
+    from the original."""
+    import json
+
+    p = AlertPolicy(PolicySettings(smoothing=2, raise_k=2, raise_n=3, clear_m=2))
+    steps = _run(p, [0.1, 2.0, 0.2, 3.0, None, 2.5, 0.5, 0.4], ["sync", "face", "voice", "face", None, "voice",
+                                                                 "identity", "sync"])
+    assert any(s.state.alert is not None for s in steps) and any(s.state.window for s in steps)
+    for i, s in enumerate(steps):
+        back = PolicyState.from_dict(json.loads(json.dumps(s.state.to_dict(), allow_nan=False)))
+        assert back == s.state
+        nxt = _score(100.0 + i, 2.2, "face")
+        a = p.step(s.state, nxt, THR, now=2000.0, thumbnail=lambda: "JPEG", new_id=lambda: "b2")
+        b = p.step(back, nxt, THR, now=2000.0, thumbnail=lambda: "JPEG", new_id=lambda: "b2")
+        assert a == b
