@@ -394,10 +394,11 @@ async def _read_limited(request: Request, limit: int) -> str:
 
 
 def _since_seq(since: str, monitor: LiveMonitor) -> int:
-    """``?since=``: an event seq (negative: the last N), or in a cluster a Redis entry id."""
+    """``?since=``: an event seq (negative: the last N), or in a cluster a Redis entry id
+    (``seq_at_origin`` refuses a malformed one)."""
     if re.fullmatch(r"-?\d{1,19}", since):
         return max(-(2**62), min(int(since), 2**62))  # SQLite integers are 64-bit
-    if re.fullmatch(r"\d{1,15}-\d{1,15}", since) and monitor.store.meta(CLUSTER_CURSOR) is not None:
+    if monitor.store.meta(CLUSTER_CURSOR) is not None:
         return monitor.store.seq_at_origin(since)
     raise ValueError("since: an event seq, or in a cluster an event's origin id (MS-N)")
 

@@ -27,10 +27,11 @@ from expose.monitor.config import APP_NAME, Config, ServerSection
 from expose.monitor.errors import ConfigError
 from expose.monitor.features.face_model import resolve_face_model
 from expose.monitor.live.monitor import LiveMonitor
-from expose.monitor.live.runner import limit_native_threads
+from expose.monitor.live.runner import limit_native_threads, stream_settings
 from expose.monitor.live.store import LiveStore
 from expose.monitor.media.whip import limit_host_candidates
-from expose.monitor.model.exam import load_model
+from expose.monitor.model.exam import LoadedModel, load_model
+from expose.monitor.model.scorer import Scorer
 from expose.profiles.crypto import configured_key
 from expose.profiles.store import ProfileStore
 
@@ -119,12 +120,22 @@ class Service:
     tls: TlsFiles | None = None  # serve HTTPS / wss (uvicorn_server's tls)
 
 
-def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
-                  db_path: Path | str | None = None, sinks: Sequence[AlertSink] = ()) -> LiveMonitor:
-    """Everything but HTTP: assets, model + scorer, profiles, store, sinks, the monitor."""
+def _scoring(cfg: Config, model_path: Path | None, profiles_dir: Path | None,
+             ) -> tuple[LoadedModel, Scorer, ProfileStore]:
+    """The checkpoint with its decision, its scorer on the configured backend and device, and
+    the profile store (encrypted when a key is configured): what a monitor or scorer node scores with."""
     from expose.monitor.model.backends import make_scorer
     from expose.monitor.model.exam import pick_device
 
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
+    root = profiles_dir or cfg.profiles_dir
+    return base, scorer, ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
+
+
+def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: Path | None = None,
+                  db_path: Path | str | None = None, sinks: Sequence[AlertSink] = ()) -> LiveMonitor:
+    """Everything but HTTP: assets, model + scorer, profiles, store, sinks, the monitor."""
     bus = None
     if cfg.cluster.redis_url:  # first: no Redis, no point loading anything
         from expose.monitor.live.bus import Bus
@@ -132,10 +143,7 @@ def build_monitor(cfg: Config, *, model_path: Path | None = None, profiles_dir: 
         bus = Bus(cfg.cluster)
     limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
-    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
-    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
-    root = profiles_dir or cfg.profiles_dir
-    profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
+    base, scorer, profiles = _scoring(cfg, model_path, profiles_dir)
     store = LiveStore(db_path or cfg.server.db_path or default_db_path())
     limit_host_candidates(cfg.server.ice_host_addresses)
     all_sinks = [*sinks, *build_sinks(cfg.exporters, store.path)]
@@ -153,9 +161,6 @@ def run_ingest_node(cfg: Config, *, model_path: Path | None = None, node: str | 
     import asyncio
     import signal
 
-    from expose.monitor.features.identity import IdentityEmbedders
-    from expose.monitor.features.stream import LiveFeatureSettings
-    from expose.monitor.features.timeline import FPS
     from expose.monitor.live import heap
     from expose.monitor.live.bus import Bus
     from expose.monitor.live.cluster import IngestNode
@@ -166,12 +171,7 @@ def run_ingest_node(cfg: Config, *, model_path: Path | None = None, node: str | 
     limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
     base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
-    identity = base.decision is not None  # the face and voice terms need the windows' embeddings
-    if identity:
-        IdentityEmbedders.from_config(cfg.features)
-    live = cfg.live
-    features = LiveFeatureSettings(window=base.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
-                                   audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
+    features, identity = stream_settings(cfg, base.model.cfg.window, base.decision is not None)
     ingest = IngestNode(cfg, bus, face_model=face_model, features=features, identity=identity, node=node)
 
     async def main() -> None:
@@ -195,15 +195,10 @@ def run_scorer_node(cfg: Config, *, model_path: Path | None = None, profiles_dir
 
     from expose.monitor.live.bus import Bus
     from expose.monitor.live.cluster import ScorerNode
-    from expose.monitor.model.backends import make_scorer
-    from expose.monitor.model.exam import pick_device
 
     bus = Bus(cfg.cluster)
     limit_native_threads(cfg.live.native_threads)
-    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
-    scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
-    root = profiles_dir or cfg.profiles_dir
-    profiles = ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))
+    base, scorer, profiles = _scoring(cfg, model_path, profiles_dir)
     node_ = ScorerNode(cfg, bus, scorer, profiles, base_sha256=base.sha256, node=node)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

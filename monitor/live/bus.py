@@ -175,6 +175,15 @@ class Bus:
     def claim_stream(self, name: str, expected: str | None, node: str) -> bool:
         """Take ``name`` over for ``node`` if it is still assigned to ``expected`` (None: to
         nobody): two nodes racing for a dead node's stream, one wins."""
+        return self._swap_assignment(name, expected, node)
+
+    def release_stream(self, name: str, node: str) -> bool:
+        """Give ``name`` back (unassigned) if ``node`` still runs it: for another node to take."""
+        return self._swap_assignment(name, node, None)
+
+    def _swap_assignment(self, name: str, expected: str | None, new: str | None) -> bool:
+        """Compare-and-set on ``name``'s assignment (None: unassigned); False if it was not
+        ``expected`` or changed meanwhile."""
         with self.r.pipeline() as pipe:
             try:
                 pipe.watch(self.k_assign)
@@ -182,22 +191,10 @@ class Bus:
                 if (now.decode() if now is not None else None) != expected:
                     return False
                 pipe.multi()
-                pipe.hset(self.k_assign, name, node)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
-
-    def release_stream(self, name: str, node: str) -> bool:
-        """Give ``name`` back (unassigned) if ``node`` still runs it: for another node to take."""
-        with self.r.pipeline() as pipe:
-            try:
-                pipe.watch(self.k_assign)
-                now = pipe.hget(self.k_assign, name)
-                if now is None or now.decode() != node:
-                    return False
-                pipe.multi()
-                pipe.hdel(self.k_assign, name)
+                if new is None:
+                    pipe.hdel(self.k_assign, name)
+                else:
+                    pipe.hset(self.k_assign, name, new)
                 pipe.execute()
                 return True
             except redis.WatchError:
@@ -227,6 +224,13 @@ class Bus:
             return 0.0
         c = json.loads(raw)
         return float(c["t1"]) + max(0.0, time.time() - float(c["at"]))
+
+    def report(self, runners: Mapping[str, Any]) -> None:
+        """The health (with the frames taken) and newest thumbnail of the streams this process
+        runs (StreamRunners, by name): what consoles show and scorers' alerts carry."""
+        health = {n: dataclasses.asdict(r.health()) | {"frames": r.frames_received} for n, r in runners.items()}
+        thumbs = {n: t for n, r in runners.items() if (t := r.thumbnail()) is not None}
+        self.put_health(health, thumbs)
 
     def put_health(self, health: dict[str, dict[str, Any]], thumbs: dict[str, str]) -> None:
         pipe = self.r.pipeline()

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import redis
 
-from expose.exporters.base import AlertSink, DurableSink
+from expose.exporters.base import AlertSink
 from expose.monitor.alerts.events import AlertChange, AlertDetail, EventPayload, ScoreData
 from expose.monitor.alerts.policy import Alert, AlertPolicy, PolicySettings, PolicyState
 from expose.monitor.config import Config, StreamConfig
@@ -107,10 +107,7 @@ class IngestNode:
     def _beat(self) -> None:
         self.bus.heartbeat(self.node, {"pid": os.getpid(), "host": socket.gethostname(),
                                        "streams": sorted(self.runners)})
-        health = {n: dataclasses.asdict(r.health()) | {"frames": r.frames_received}
-                  for n, (r, _) in self.runners.items()}
-        thumbs = {n: t for n, (r, _) in self.runners.items() if (t := r.thumbnail()) is not None}
-        self.bus.put_health(health, thumbs)
+        self.bus.report({n: r for n, (r, _) in self.runners.items()})
 
     async def _reconcile(self) -> None:
         registry = await asyncio.to_thread(self.bus.streams)
@@ -347,15 +344,11 @@ class ClusterMonitor(LiveMonitor):
         self.bus = bus
 
     async def start(self) -> None:
-        for sink in self.sinks:
-            if isinstance(sink, DurableSink):
-                await sink.start(self.store)
+        await self._start_sinks()
         self._tasks = [asyncio.create_task(self._dispatch(), name="event-dispatch"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping"),
                        asyncio.create_task(self._follow(), name="cluster-follow")]
-        specs = {s.name: s for s in self.cfg.streams}
-        for name, body in self.store.list_streams().items():
-            specs.setdefault(name, StreamConfig.model_validate(body))
+        specs = self._known_streams()
         for name, spec in (await asyncio.to_thread(self.bus.streams)).items():  # added on another console
             specs.setdefault(name, spec)
         for spec in specs.values():
@@ -492,10 +485,7 @@ class ClusterMonitor(LiveMonitor):
         # the console's own (WHIP) streams: their thumbnails for the scorers' alerts, as ingest nodes report
         own = {n: e.runner for n, e in self._streams.items() if isinstance(e.runner, StreamRunner)}
         if own:
-            await asyncio.to_thread(
-                self.bus.put_health, {n: dataclasses.asdict(r.health()) | {"frames": r.frames_received}
-                                      for n, r in own.items()},
-                {n: t for n, r in own.items() if (t := r.thumbnail()) is not None})
+            await asyncio.to_thread(self.bus.report, own)
         healths = await asyncio.to_thread(self.bus.healths)
         for name, entry in self._streams.items():
             runner = entry.runner

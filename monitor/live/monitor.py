@@ -40,13 +40,10 @@ from expose.monitor.alerts.policy import acknowledge as ack_alert
 from expose.monitor.alerts.policy import close as close_alert
 from expose.monitor.config import Config, StreamConfig
 from expose.monitor.errors import ExposeError
-from expose.monitor.features.identity import IdentityEmbedders
-from expose.monitor.features.stream import LiveFeatureSettings
-from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 from expose.monitor.live import heap
 from expose.monitor.live import watchdog as wd
-from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner, watchdog_settings
+from expose.monitor.live.runner import StreamHealth, StreamRunner, pull_runner, stream_settings, watchdog_settings
 from expose.monitor.live.scoring import QueuedWindow, ScoredWindow, ScoringLoop, alert_payloads, score_data
 from expose.monitor.live.store import LiveStore
 from expose.monitor.live.telemetry import Telemetry
@@ -125,13 +122,7 @@ class LiveMonitor:
         if cfg.live.heap_limits:
             heap.limit_heap()
         live = cfg.live
-        # The face and voice terms read the windows' face descriptors and voice embeddings; they
-        # are only computed with a decision: without one the score is the motion distance alone.
-        self.identity = scorer.decision is not None
-        if self.identity:  # missing embedder files are an error at start, not one per stream
-            IdentityEmbedders.from_config(cfg.features)
-        self.features = LiveFeatureSettings(window=scorer.model.cfg.window, hop=max(1, round(live.hop_s * FPS)),
-                                            audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s)
+        self.features, self.identity = stream_settings(cfg, scorer.model.cfg.window, scorer.decision is not None)
         self.workers = None if live.workers == 0 else WorkerPool(
             live.workers, WorkerSettings(cfg.model_dump_json(), face_model, self.features, self.identity),
             on_window=self._on_window, on_phase=self._on_phase)
@@ -145,23 +136,30 @@ class LiveMonitor:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        for sink in self.sinks:  # before any new event: a durable sink first takes what a crash kept from it
-            if isinstance(sink, DurableSink):
-                await sink.start(self.store)
+        await self._start_sinks()
         if self.workers is not None:
             self.workers.start()
         self._tasks = [asyncio.create_task(self.loop.run(), name="scoring-loop"),
                        asyncio.create_task(self._dispatch(), name="event-dispatch"),
                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
-        specs = {s.name: s for s in self.cfg.streams}
-        for name, body in self.store.list_streams().items():  # added at run time earlier
-            specs.setdefault(name, StreamConfig.model_validate(body))
-        for spec in specs.values():
+        for spec in self._known_streams().values():
             try:
                 self.add_stream(spec, persist=False)
             except ExposeError as err:
                 log.error("stream %s not started: %s", spec.name, err)
         self._resume_episodes()
+
+    async def _start_sinks(self) -> None:
+        for sink in self.sinks:  # before any new event: a durable sink first takes what a crash kept from it
+            if isinstance(sink, DurableSink):
+                await sink.start(self.store)
+
+    def _known_streams(self) -> dict[str, StreamConfig]:
+        """The configured streams, then those added at run time earlier (the store's)."""
+        specs = {s.name: s for s in self.cfg.streams}
+        for name, body in self.store.list_streams().items():
+            specs.setdefault(name, StreamConfig.model_validate(body))
+        return specs
 
     def _resume_episodes(self) -> None:
         """Episodes still open when the last process stopped or died: on a pulled stream that is

@@ -317,6 +317,18 @@ def pull_runner(spec: StreamConfig, cfg: Config, *, face_model: Path, live: Live
                         clock_start_s=clock_start_s, cache_dir=cfg.cache_dir)
 
 
+def stream_settings(cfg: Config, window: int, decision: bool) -> tuple[LiveFeatureSettings, bool]:
+    """The live featurizer's settings for a model's ``window``, and whether it computes the face
+    descriptors and voice embeddings: only for a decision (its face and voice terms read them;
+    without one the score is the motion distance alone). Their embedder files are checked now:
+    a missing one is an error at start, not one per stream."""
+    if decision:
+        IdentityEmbedders.from_config(cfg.features)
+    live = cfg.live
+    return LiveFeatureSettings(window=window, hop=max(1, round(live.hop_s * FPS)),
+                               audio_context_s=live.audio_context_s, max_buffer_s=live.max_buffer_s), decision
+
+
 def limit_native_threads(n: int) -> None:
     """Process-wide: torch's intra-op pool and every loaded BLAS pool (numpy's and OpenCV's
     OpenBLAS, loaded with mediapipe) to ``n`` threads each; 0 leaves them alone. See
