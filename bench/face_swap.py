@@ -15,6 +15,7 @@ larger video is smaller than its source; frames without a face (target or donor)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -106,6 +107,23 @@ def swap_frame(target: np.ndarray, t_marks: np.ndarray, donor: np.ndarray, d_mar
     return cv2.seamlessClone(warped, target, mask, centre, cv2.NORMAL_CLONE)
 
 
+def write_h264(out: Path, images: Iterable[np.ndarray], fps: float, shape: tuple[int, int]) -> None:
+    """RGB frames of ``shape`` (h, w) to ``out``: H.264 crf 18, no audio (cropped to even sides)."""
+    h, w = shape
+    with av.open(str(out), "w") as c:
+        stream = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w - w % 2, h - h % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+
+
 def swap_video(target: Path, donor: Path, out: Path, face_model: Path, max_side: int = 640) -> int:
     """Write ``out`` (H.264 crf 18, no audio): the target video with the donor's face. Returns the
     number of frames swapped."""
@@ -117,22 +135,16 @@ def swap_video(target: Path, donor: Path, out: Path, face_model: Path, max_side:
     if first is None:
         raise SystemExit(f"no face in the target video {target}")
     tris = _triangles(first[POINTS])
-    h, w = frames[0][0].shape[:2]
     swapped = 0
-    with av.open(str(out), "w") as c:
-        stream = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = w - w % 2, h - h % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+
+    def images() -> Iterator[np.ndarray]:
+        nonlocal swapped
         for k, (image, marks) in enumerate(frames):
             if marks is not None:
                 d_img, d_marks = donors[k % len(donors)]
                 image = swap_frame(image, marks, d_img, d_marks, tris)
                 swapped += 1
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]),
-                                               format="rgb24")
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
+            yield image
+
+    write_h264(out, images(), fps, frames[0][0].shape[:2])
     return swapped

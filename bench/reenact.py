@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from face_swap import FACE_OVAL, POINTS, _faces, _triangles, _warp  # noqa: E402
+from face_swap import FACE_OVAL, POINTS, _faces, _triangles, _warp, write_h264  # noqa: E402
 
 Frame = tuple[np.ndarray, "np.ndarray | None"]  # (H, W, 3) uint8 RGB, (478, 2) landmarks or None
 
@@ -210,17 +208,5 @@ def reenact_video(target: Path, driver: Path, out: Path, face_model: Path, max_s
     if all(m is None for _, m in drv):
         raise SystemExit(f"no face in the driver video {driver}")
     drv = [(np.zeros((1, 1, 3), np.uint8), m) for _, m in drv]  # only the landmarks are used
-    h, w = frames[0][0].shape[:2]
-    with av.open(str(out), "w") as c:
-        stream = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = w - w % 2, h - h % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for image in reenact_frames(frames, fps, drv, drv_fps):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]),
-                                               format="rgb24")
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
+    write_h264(out, reenact_frames(frames, fps, drv, drv_fps), fps, frames[0][0].shape[:2])
     return sum(m is not None for _, m in frames)
