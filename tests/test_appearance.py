@@ -1,7 +1,8 @@
 """The appearance embedding and its training on real corpus faces: faces are sampled and cached
 per clip, validation identities never train, the best checkpoint is written and loads, the
 embedding of a crop is deterministic and independent of its batch, resume continues the run
-it left, and bad weights or arguments fail in one line. A tiny network and a few steps: the
+it left, the compression augmentation degrades both crops of a pair alike and reproducibly,
+and bad weights or arguments fail in one line. A tiny network and a few steps: the
 quality of the shipped embedding is measured by the training run itself (model card)."""
 
 from __future__ import annotations
@@ -13,25 +14,33 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import torch
 
 from expose.monitor.errors import ModelFileError
 from expose.monitor.features.appearance import (
     AppearanceConfig,
     AppearanceEmbedder,
+    face_crop,
     load_appearance,
     load_pair_tensors,
+    to_input,
 )
 from expose.monitor.features.face_id import FaceSample
 from expose.monitor.model.difffake import PairModel
 from expose.monitor.training.appearance import (
+    DEGRADE_QUALITY,
+    DEGRADE_SCALE,
     REGION_PX,
     AppearanceTrainConfig,
     FaceRegion,
     collect_faces,
+    pair_batch,
+    pair_degradation,
     split_identities,
     train_appearance,
 )
 from expose.monitor.training.corpus import CorpusItem
+from expose.monitor.training.sbi import SBIConfig, self_blend
 
 if TYPE_CHECKING:
     from tests.conftest import Clip
@@ -74,6 +83,7 @@ def test_validation_identities_never_train_and_the_best_checkpoint_loads(
     net, meta = load_appearance(out)
     assert meta["step"] == res.best_step and meta["val_identities"] == ["reagan"]
     assert meta["faces"] == {"train": 18, "val": 6}
+    assert meta["train"]["degrade"] == 0.5 and 0.0 <= meta["val"]["val_auc_degraded"] <= 1.0
     # the DiffFake pair model, fitted on the training identities' real pairs, is in the same file
     assert meta["pair_model"]["k"] == 3 and 0.0 <= meta["pair_model"]["val_pair_auc"] <= 1.0
     pair = PairModel.from_tensors(load_pair_tensors(out))
@@ -109,6 +119,37 @@ def test_resume_continues_where_the_run_stopped(faces: list[FaceRegion], tmp_pat
                             resume=True)
     assert more.steps_run == 12 and [h["step"] for h in more.history] == [4, 8, 12]
     assert more.history[:2] == first.history  # the first run's record is kept, not redone
+
+
+def test_degradation_is_the_same_for_both_crops_of_a_pair_and_reproducible(faces: list[FaceRegion]) -> None:
+    sbi, seed, idx = SBIConfig(), 7, np.array([0, 7, 13, 22])
+    plain, labels = pair_batch(faces, idx, seed, TINY, sbi)
+    assert torch.equal(pair_batch(faces, idx, seed, TINY, sbi, degrade=0.0)[0], plain)
+    degraded, dlabels = pair_batch(faces, idx, seed, TINY, sbi, degrade=1.0)
+    assert torch.equal(pair_batch(faces, idx, seed, TINY, sbi, degrade=1.0)[0], degraded)  # from the seed alone
+    assert torch.equal(dlabels, labels) and labels.tolist() == [0.0, 1.0] * len(idx)
+    for j, i in enumerate(idx):
+        f = faces[int(i)]
+        real = face_crop(f.image, f.landmarks, TINY.size, TINY.margin)
+        fake = face_crop(self_blend(f.image, f.landmarks, np.random.default_rng([seed, j]), sbi).image,
+                         f.landmarks, TINY.size, TINY.margin)
+        # degrade=0: the pairs are those of a run without the augmentation
+        assert torch.equal(plain[2 * j], to_input(real[None])[0])
+        assert torch.equal(plain[2 * j + 1], to_input(fake[None])[0])
+        d = pair_degradation(seed, j, 1.0)
+        assert d is not None and DEGRADE_SCALE[0] <= d.scale <= DEGRADE_SCALE[1]
+        assert DEGRADE_QUALITY[0] <= d.quality <= DEGRADE_QUALITY[1]
+        # both crops of the pair get this one degradation, and it changes them
+        assert torch.equal(degraded[2 * j], to_input(d.apply(real)[None])[0])
+        assert torch.equal(degraded[2 * j + 1], to_input(d.apply(fake)[None])[0])
+        assert not torch.equal(degraded[2 * j], plain[2 * j])
+        assert not torch.equal(degraded[2 * j + 1], plain[2 * j + 1])
+    draws = [pair_degradation(seed, j, 1.0) for j in range(len(idx))]
+    assert len(set(draws)) == len(draws)  # each pair draws its own
+    kept = sum(pair_degradation(seed, j, 0.5) is None for j in range(400))
+    assert 150 < kept < 250
+    with pytest.raises(ValueError, match="degrade is a probability"):
+        AppearanceTrainConfig(degrade=1.5)
 
 
 def test_bad_weights_and_arguments_fail_in_one_line(tmp_path: Path, clip: Clip) -> None:

@@ -228,6 +228,9 @@ def train_appearance(
     patience: Annotated[int, typer.Option(help="Validations without a better AUC before stopping.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed (validation split, sampling, pseudo-fakes, init).")] = 0,
+    degrade: Annotated[float, typer.Option(
+        help="Probability that a training pair (real crop and its pseudo-fake alike) is downscaled and "
+             "JPEG re-encoded, as a low-bitrate stream would; 0 disables. Validation is never degraded.")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -253,13 +256,16 @@ def train_appearance(
     items = [i for i in items if i.identity not in drop]
     if not items:
         raise ExposeError("no media left to train on")
+    if not 0.0 <= degrade <= 1.0:
+        raise ExposeError(f"--degrade is a probability in [0, 1], got {degrade}")
     with Progress(TextColumn("[bold]faces"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("faces", total=len(items))
         faces = collect_faces(items, face_model, per_clip, stride, cfg.cache_dir, on_item=lambda _: bar.advance(task))
     tcfg = AppearanceTrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
-                                 seed=seed, device=device)
-    with _training_progress(steps, lambda e: f"loss {e['val_loss']:.4f} auc {e['val_auc']:.3f}") as on_step:
+                                 seed=seed, device=device, degrade=degrade)
+    with _training_progress(steps, lambda e: f"loss {e['val_loss']:.4f} auc {e['val_auc']:.3f} "
+                                             f"degraded {e['val_auc_degraded']:.3f}") as on_step:
         try:
             res = run_training(faces, out, AppearanceConfig(size=size), tcfg, val_identities=val or None,
                                resume=resume, on_step=on_step)

@@ -17,6 +17,14 @@ early stopping after ``patience`` validations without improvement, and ``resume`
 from the state saved at every validation. AUC, not loss: in the first corpus run the
 validation loss rose from step 200 while the AUC kept rising (0.80 at 200, 0.83 at 400): the
 head grows overconfident on unseen people, but what the embedding is for is the ranking.
+
+Compression: a call reaches the monitor as H.264 at a few hundred lines (CRF 35 at 360p is the
+bench's hard case), which smears exactly the blend boundary the network learns. With
+probability ``degrade`` a pair's real crop and its pseudo-fake both get the same
+``Degradation`` (a resolution drop and a JPEG re-encode), so the degradation never tells the
+label and the network has to find the blend under it. The validation pairs are never degraded
+(the AUC stays comparable across runs); ``val_auc_degraded`` is the same pairs, each degraded,
+reported beside it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 REGION = 2.0  # region side / landmark box side
 REGION_PX = 192
 CACHE_VERSION = "faces-1"
+DEGRADE_SCALE = (0.35, 1.0)  # resolution drop of a degraded pair (1 = none)
+DEGRADE_QUALITY = (30, 90)  # its JPEG quality
+DEGRADE_STREAM = 1  # third word of a pair's degradation seed: apart from its pseudo-fake's draws
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,48 @@ class AppearanceTrainConfig:
     seed: int = 0
     device: str = "auto"
     val_fraction: float = 0.2  # of the identities, when none are named
+    degrade: float = 0.5  # probability that a training pair is degraded (both crops alike); 0 = never
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.degrade <= 1.0:
+            raise ValueError(f"degrade is a probability, got {self.degrade}")
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A resolution drop (INTER_AREA down by ``scale``, INTER_LINEAR back up) then a JPEG
+    re-encode at ``quality``: what a low-bitrate stream does to a face, applied alike to both
+    crops of a pair."""
+
+    scale: float  # in DEGRADE_SCALE
+    quality: int  # JPEG quality, in DEGRADE_QUALITY
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Degradation:
+        return cls(float(rng.uniform(*DEGRADE_SCALE)), int(rng.integers(DEGRADE_QUALITY[0], DEGRADE_QUALITY[1] + 1)))
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> the same size, degraded."""
+        h, w = rgb.shape[:2]
+        small = cv2.resize(rgb, (max(1, round(w * self.scale)), max(1, round(h * self.scale))),
+                           interpolation=cv2.INTER_AREA)
+        up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        # JPEG's colour transform assumes BGR: swapping keeps the chroma subsampling where a codec puts it
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(up, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        back = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if back is None:
+            raise RuntimeError(f"JPEG round trip failed at quality {self.quality}")
+        return cv2.cvtColor(back, cv2.COLOR_BGR2RGB)
+
+
+def pair_degradation(seed: int, j: int, p: float) -> Degradation | None:
+    """The j-th pair's degradation (None: kept as it is), from a generator seeded with (seed, j,
+    DEGRADE_STREAM): independent of how many draws the pseudo-fake took, and with ``p`` = 0
+    nothing is drawn, so the pairs are those of a run without degradation."""
+    if p <= 0:
+        return None
+    rng = np.random.default_rng([seed, j, DEGRADE_STREAM])
+    return Degradation.draw(rng) if rng.random() < p else None
 
 
 def _region(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,30 +185,42 @@ def split_identities(identities: list[str], fraction: float, seed: int) -> tuple
 
 
 def pair_batch(faces: list[FaceRegion], idx: np.ndarray, seed: int, net_cfg: AppearanceConfig,
-               sbi: SBIConfig) -> tuple[torch.Tensor, torch.Tensor]:
+               sbi: SBIConfig, degrade: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Each face's real crop and a pseudo-fake crop of it (the j-th drawn from a generator seeded
-    with (seed, j)): ((2N, 3, S, S) inputs, (2N,) labels, 1 = pseudo-fake)."""
+    with (seed, j)), with probability ``degrade`` both given the same ``pair_degradation``:
+    ((2N, 3, S, S) inputs, (2N,) labels, 1 = pseudo-fake)."""
     crops, labels = [], []
     for j, i in enumerate(idx):
         f = faces[int(i)]
         fake = self_blend(f.image, f.landmarks, np.random.default_rng([seed, j]), sbi)
-        crops += [face_crop(f.image, f.landmarks, net_cfg.size, net_cfg.margin),
-                  face_crop(fake.image, f.landmarks, net_cfg.size, net_cfg.margin)]
+        pair = [face_crop(f.image, f.landmarks, net_cfg.size, net_cfg.margin),
+                face_crop(fake.image, f.landmarks, net_cfg.size, net_cfg.margin)]
+        if (d := pair_degradation(seed, j, degrade)) is not None:
+            pair = [d.apply(c) for c in pair]
+        crops += pair
         labels += [0.0, 1.0]
     return to_input(np.stack(crops)), torch.tensor(labels)
 
 
-def evaluate(net: AppearanceNet, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
-    net.eval()
-    logits = []
+def _logits(net: AppearanceNet, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     with torch.no_grad():
-        for a in range(0, len(x), 128):
-            logits.append(net(x[a:a + 128].to(device))[1].float().cpu())
+        return torch.cat([net(x[a:a + 128].to(device))[1].float().cpu() for a in range(0, len(x), 128)])
+
+
+def evaluate(net: AppearanceNet, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             x_degraded: torch.Tensor | None = None) -> dict[str, float]:
+    """Loss, AUC and accuracy on the validation pairs; with ``x_degraded`` (the same pairs,
+    degraded) also its AUC, ``val_auc_degraded``."""
+    net.eval()
+    z = _logits(net, x, device)
+    zd = _logits(net, x_degraded, device) if x_degraded is not None else None
     net.train()
-    z = torch.cat(logits)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
     acc = float(((z > 0) == (y > 0.5)).float().mean())
-    return {"val_loss": loss, "val_auc": roc_auc(y.numpy(), z.numpy()), "val_acc": acc}
+    out = {"val_loss": loss, "val_auc": roc_auc(y.numpy(), z.numpy()), "val_acc": acc}
+    if zd is not None:
+        out["val_auc_degraded"] = roc_auc(y.numpy(), zd.numpy())
+    return out
 
 
 @dataclass
@@ -190,6 +255,7 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     val_x, val_y = pair_batch(val_faces, np.arange(len(val_faces)), 2**31 - 1, net_cfg, sbi)
+    val_xd, _ = pair_batch(val_faces, np.arange(len(val_faces)), 2**31 - 1, net_cfg, sbi, degrade=1.0)
     net = AppearanceNet(net_cfg).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -203,7 +269,7 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
     while step < cfg.steps:
         # the faces and the pseudo-fakes of a step depend only on (seed, step): resuming replays them
         pick = np.random.default_rng([cfg.seed, step]).integers(0, len(train_faces), cfg.batch)
-        x, y = pair_batch(train_faces, pick, cfg.seed * 1_000_003 + step, net_cfg, sbi)
+        x, y = pair_batch(train_faces, pick, cfg.seed * 1_000_003 + step, net_cfg, sbi, cfg.degrade)
         _, logit = net(x.to(device))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y.to(device))
         opt.zero_grad(set_to_none=True)
@@ -213,7 +279,7 @@ def train_appearance(faces: list[FaceRegion], out: Path, net_cfg: AppearanceConf
         step += 1
         evals = None
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            evals = {"step": step, "loss": loss.item(), **evaluate(net, val_x, val_y, device)}
+            evals = {"step": step, "loss": loss.item(), **evaluate(net, val_x, val_y, device, val_xd)}
             history.append(evals)
             if stop.improved(evals["val_auc"], step):
                 save_appearance(net, out, {"train": asdict(cfg), "sbi": asdict(sbi), "step": step, "val": evals,
