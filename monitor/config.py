@@ -81,6 +81,13 @@ class FeatureConfig(_Strict):
     voice_embedder: str = Field(
         "ge2e", description="Voice verification embedder, by its registry name (features.embedding)."
     )
+    appearance_model: str = Field(
+        "none",
+        description="DiffFake's appearance embedding (is the face real?), computed on the same faces as "
+        "the face descriptors: none (off), auto (the weights shipped with expose: "
+        "monitor/assets/APPEARANCE_CARD.md), or a weights file from `expose train-appearance`. A decision "
+        "with the appearance term needs it on, with the weights it was fitted with.",
+    )
     voice_model: Path | None = Field(
         None,
         description="Voice embedder weights file. Unset: env EXPOSE_VOICE_MODEL, then the installed "

@@ -73,27 +73,35 @@ def _split(tr: FeatureTrack, length: int, cfg: EnrollConfig) -> tuple[int, int]:
 
 
 def identity_references(parts: list[tuple[FeatureTrack, int]], cfg: EnrollConfig) -> IdentityReferences:
-    """The face descriptors (spread over head pose) and voice embeddings of rows [0, cut) of
-    each reference track, so that the held-out tails the calibration scores were never
-    enrolled; a modality that the parts do not hold is taken from the whole tracks."""
+    """The face descriptors (spread over head pose), their appearance embeddings (the same
+    faces) and voice embeddings of rows [0, cut) of each reference track, so that the held-out
+    tails the calibration scores were never enrolled; a modality that the parts do not hold is
+    taken from the whole tracks."""
+    app_dim = max((tr.appearance.shape[1] for tr, _ in parts), default=0)
+    if any(tr.appearance.shape[1] != app_dim for tr, _ in parts):
+        raise EnrollError("the reference tracks were extracted with and without appearance embeddings")
 
-    def collect(rows: list[tuple[FeatureTrack, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def collect(rows: list[tuple[FeatureTrack, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         face = [tr.face_ids[tr.face_id_ticks < cut] for tr, cut in rows]
+        app = [tr.appearance[tr.face_id_ticks < cut] for tr, cut in rows]
         pose = [tr.expression[tr.face_id_ticks[tr.face_id_ticks < cut]][:, [YAW, PITCH]] for tr, cut in rows]
         voice = [v[np.isfinite(v).all(axis=1)] for v in (tr.voice_ids[tr.voice_id_ticks <= cut] for tr, cut in rows)]
         return (np.concatenate([np.zeros((0, FACE_ID_DIM), np.float32), *face]),
                 np.concatenate([np.zeros((0, 2), np.float32), *pose]),
-                np.concatenate([np.zeros((0, VOICE_ID_DIM), np.float32), *voice]))
+                np.concatenate([np.zeros((0, VOICE_ID_DIM), np.float32), *voice]),
+                np.concatenate([np.zeros((0, app_dim), np.float32), *app]))
 
-    face, pose, voice = collect(parts)
+    face, pose, voice, app = collect(parts)
     if not len(face) or not len(voice):
-        wf, wp, wv = collect([(tr, len(tr)) for tr, _ in parts])
-        face, pose = (face, pose) if len(face) else (wf, wp)
+        wf, wp, wv, wa = collect([(tr, len(tr)) for tr, _ in parts])
+        face, pose, app = (face, pose, app) if len(face) else (wf, wp, wa)
         voice = voice if len(voice) else wv
     keep = np.sort(select_face_references(pose, cfg.face_references))
     if len(voice) > cfg.voice_references:
         voice = voice[np.linspace(0, len(voice) - 1, cfg.voice_references).round().astype(int)]
-    return IdentityReferences(face[keep].astype(np.float32), voice.astype(np.float32))
+    appearance = app[keep] if app_dim else np.zeros((0, 0), np.float32)
+    return IdentityReferences(face[keep].astype(np.float32), voice.astype(np.float32),
+                              appearance.astype(np.float32))
 
 
 def enroll(

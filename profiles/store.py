@@ -174,7 +174,10 @@ def encode_profile(profile: Profile) -> tuple[bytes, bytes]:
     tokens = save_tensors({
         "tokens": profile.tokens.detach().cpu().contiguous(),
         "face_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.face, dtype=np.float32)),
-        "voice_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.voice, dtype=np.float32))})
+        "voice_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.voice, dtype=np.float32)),
+        # the appearance embeddings of the face references (0 x 0 without appearance; a file
+        # written before they existed has none)
+        "app_refs": torch.from_numpy(np.ascontiguousarray(profile.identity.appearance, dtype=np.float32))})
     meta = {k: v for k, v in asdict(profile).items() if k not in ("tokens", "identity")}
     meta["format"] = PROFILE_FORMAT
     return json.dumps(meta, indent=2).encode("utf-8"), tokens
@@ -193,7 +196,9 @@ def decode_profile(name: str, meta_bytes: bytes, tokens_bytes: bytes, where: obj
             references=[Reference(**r) for r in meta["references"]],
             calibration=Calibration(**meta["calibration"]), enroll=meta.get("enroll", {}),
             tokens=tensors["tokens"],
-            identity=IdentityReferences(tensors["face_refs"].numpy(), tensors["voice_refs"].numpy()),
+            identity=IdentityReferences(tensors["face_refs"].numpy(), tensors["voice_refs"].numpy(),
+                                        tensors["app_refs"].numpy() if "app_refs" in tensors
+                                        else np.zeros((0, 0), np.float32)),
             decision_sha256=meta.get("decision_sha256"),
         )
     except ProfileError:

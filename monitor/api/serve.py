@@ -127,7 +127,7 @@ def _scoring(cfg: Config, model_path: Path | None, profiles_dir: Path | None,
     from expose.monitor.model.backends import make_scorer
     from expose.monitor.model.exam import pick_device
 
-    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision, cfg.features)
     scorer = make_scorer(base, cfg.model.backend, pick_device(cfg.model.device), cache_dir=cfg.cache_dir)
     root = profiles_dir or cfg.profiles_dir
     return base, scorer, ProfileStore(root, key=configured_key(cfg.profiles_key_file, root))  # None: clear text
@@ -170,7 +170,7 @@ def run_ingest_node(cfg: Config, *, model_path: Path | None = None, node: str | 
         heap.limit_heap()
     limit_native_threads(cfg.live.native_threads)
     face_model = resolve_face_model(cfg.features.face_model, cfg.cache_dir)
-    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision)
+    base = load_model(model_path if model_path is not None else cfg.model.path, cfg.model.decision, cfg.features)
     features, identity = stream_settings(cfg, base.model.cfg.window, base.decision is not None)
     ingest = IngestNode(cfg, bus, face_model=face_model, features=features, identity=identity, node=node)
 

@@ -104,7 +104,7 @@ def _sample_profile(cfg: Config, store: ProfileStore) -> str:
     from expose.profiles.enroll import EnrollConfig, EnrollError, enroll
     from expose.profiles.store import Reference
 
-    base = load_model(cfg.model.path, cfg.model.decision)
+    base = load_model(cfg.model.path, cfg.model.decision, cfg.features)
     ref_sha = sha256_file(REFERENCE)
     if store.exists(PROFILE):
         old = store.load(PROFILE)

@@ -280,7 +280,7 @@ def train_appearance(
 def _base_model(cfg: Config, model: Path | None):  # type: ignore[no-untyped-def]
     from expose.monitor.model.exam import load_model
 
-    return load_model(model if model is not None else cfg.model.path, cfg.model.decision)
+    return load_model(model if model is not None else cfg.model.path, cfg.model.decision, cfg.features)
 
 
 def _profile_store(cfg: Config, profiles: Path | None):  # type: ignore[no-untyped-def]

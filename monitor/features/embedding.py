@@ -67,6 +67,7 @@ EmbedderFactory = Callable[..., Embedder[Any]]
 _REGISTRY: dict[str, dict[str, EmbedderFactory | str]] = {
     "face": {"dlib-resnet": "expose.monitor.features.face_id:DlibFaceEmbedder"},
     "voice": {"ge2e": "expose.monitor.features.voice_id:VoiceEncoder"},
+    "appearance": {"difffake-sbi": "expose.monitor.features.appearance:AppearanceEmbedder"},
 }
 
 

@@ -71,6 +71,7 @@ def extract_track(
     """
     identity = IdentityEmbedders.from_config(cfg)
     face_ids: list[np.ndarray] = []
+    appearance: list[np.ndarray] = []
     face_ticks: list[int] = []
     rows = TickRows(EXPRESSION_DIM)
     audio = SampleBuffer()
@@ -88,10 +89,11 @@ def extract_track(
                 prev_t = last_video_t = t
                 tick = rows.tick_for(t)
                 if tick is not None:
-                    row, face_id = identity.landmark(extractor, item.image, t, tick)
+                    row, face = identity.landmark(extractor, item.image, t, tick)
                     rows.put(tick, row)
-                    if face_id is not None:
-                        face_ids.append(face_id)
+                    if face is not None:
+                        face_ids.append(face.face)
+                        appearance.append(face.appearance)
                         face_ticks.append(tick)
                 if progress is not None:
                     progress(t)
@@ -131,6 +133,8 @@ def extract_track(
         face_ids=(np.stack([face_ids[i] for i in kept]) if kept
                   else np.zeros((0, identity.face_dim), dtype=np.float32)),
         face_id_ticks=np.array([face_ticks[i] for i in kept], dtype=np.int64),
+        appearance=(np.stack([appearance[i] for i in kept]) if kept
+                    else np.zeros((0, identity.appearance_dim), dtype=np.float32)),
         voice_ids=voice_ids,
         voice_id_ticks=voice_ticks,
     )

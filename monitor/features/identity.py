@@ -17,8 +17,13 @@ marks differ slightly, while the span's own samples are the same offline and liv
 speech (the embedder's ``embed_speech`` gives None) is a row of NaN: ``insufficient``, never
 a vector that could read as a match.
 
-A window [s, e) carries the face descriptors of ticks in [s, e) and the voice embedding of
-the last voice tick at or before e (``window_identity``), positions given relative to s.
+Appearance (DiffFake, ``features.appearance_model``): the same face ticks and the same
+``FaceSample`` also get an appearance embedding (features/appearance.py), one row per face
+descriptor, so the two arrays share their ticks. It needs the face side on.
+
+A window [s, e) carries the face descriptors (and appearance embeddings) of ticks in [s, e)
+and the voice embedding of the last voice tick at or before e (``window_identity``),
+positions given relative to s.
 
 The embedders are imported and built only when enabled (``IdentityEmbedders.from_config``):
 dlib and torch are not loaded by a process whose config turns both off.
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from expose.monitor.config import FeatureConfig
+from expose.monitor.errors import AssetError, ConfigError
 from expose.monitor.features.audio import speech_activity
 from expose.monitor.features.embedding import Embedder, IsolatedEmbedder, create_embedder
 from expose.monitor.features.timeline import FPS, SampleBuffer
@@ -46,6 +52,21 @@ if TYPE_CHECKING:
 # value types need not import dlib or torch.
 FACE_ID_DIM = 128
 VOICE_ID_DIM = 256
+# DiffFake's appearance weights shipped with expose (features.appearance_model = "auto")
+STARTER_APPEARANCE = Path(__file__).resolve().parents[1] / "assets" / "appearance-small.safetensors"
+
+
+def appearance_weights(cfg: FeatureConfig) -> Path | None:
+    """The appearance weights ``features.appearance_model`` names: None for "none", the shipped
+    file for "auto", else that path; AssetError (one line) when the file is not there."""
+    setting = cfg.appearance_model
+    if setting == "none":
+        return None
+    path = STARTER_APPEARANCE if setting == "auto" else Path(setting).expanduser()
+    if not path.is_file():
+        what = "the shipped appearance weights" if setting == "auto" else "appearance weights"
+        raise AssetError(f"{what} not found: {path} (features.appearance_model)")
+    return path
 
 
 @runtime_checkable
@@ -116,6 +137,8 @@ def identity_version(cfg: FeatureConfig, digest: Callable[[Path], str]) -> str:
             from expose.monitor.features.voice_id import find_voice_weights  # loads torch
 
             out += digest(find_voice_weights(cfg.voice_model))
+    if (weights := appearance_weights(cfg)) is not None:
+        out += f"-app{digest(weights)}"
     return out
 
 
@@ -124,14 +147,17 @@ class IdentityEmbedders:
     embedders are not thread-safe)."""
 
     def __init__(self, settings: IdentitySettings, face: Embedder[Any] | None = None,
-                 voice: SpeechEmbedder | None = None) -> None:
+                 voice: SpeechEmbedder | None = None, appearance: Embedder[Any] | None = None) -> None:
         if settings.face_every and face is None:
             raise ValueError("face descriptors are enabled but no face embedder is given")
         if settings.voice_every and voice is None:
             raise ValueError("voice embeddings are enabled but no voice embedder is given")
+        if appearance is not None and not settings.face_every:
+            raise ValueError("appearance embeddings need the face side (face_id_every > 0)")
         self.settings = settings
         self.face_embedder = face if settings.face_every else None
         self.voice_embedder = voice if settings.voice_every else None
+        self.appearance_embedder = appearance
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig, isolate_face: bool = False) -> IdentityEmbedders:
@@ -151,7 +177,12 @@ class IdentityEmbedders:
             if not isinstance(built, SpeechEmbedder):
                 raise TypeError(f"voice embedder {cfg.voice_embedder!r} has no embed_speech method")
             voice = built
-        return cls(settings, face, voice)
+        appearance = None
+        if (weights := appearance_weights(cfg)) is not None:
+            if not settings.face_every:
+                raise ConfigError("features.appearance_model needs face descriptors on (features.face_id_every > 0)")
+            appearance = create_embedder("appearance", "difffake-sbi", weights=weights)
+        return cls(settings, face, voice, appearance)
 
     @classmethod
     def disabled(cls) -> IdentityEmbedders:
@@ -159,9 +190,9 @@ class IdentityEmbedders:
 
     # ---- face ----------------------------------------------------------------------
     def landmark(self, extractor: ExpressionExtractor, image: np.ndarray, time_s: float,
-                 tick: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Landmark the frame that fills ``tick``: (expression row or None, face descriptor
-        or None). The one landmarking call per tick, offline and live."""
+                 tick: int) -> tuple[np.ndarray | None, FaceEmbeddings | None]:
+        """Landmark the frame that fills ``tick``: (expression row or None, the face's
+        embeddings or None). The one landmarking call per tick, offline and live."""
         if self.face_embedder is None or not self.settings.face_tick(tick):
             return extractor.process(image, time_s), None
         seen = extractor.observe(image, time_s)
@@ -170,12 +201,20 @@ class IdentityEmbedders:
         # imported here: face_id loads dlib, which a process with faces off never needs
         from expose.monitor.features.face_id import FaceSample
 
-        vector = self.face_embedder.embed([FaceSample(image, seen.landmarks)])[0]
-        return seen.expression, np.asarray(vector, dtype=np.float32)
+        sample = [FaceSample(image, seen.landmarks)]
+        face = np.asarray(self.face_embedder.embed(sample)[0], dtype=np.float32)
+        app = (np.zeros(0, dtype=np.float32) if self.appearance_embedder is None
+               else np.asarray(self.appearance_embedder.embed(sample)[0], dtype=np.float32))
+        return seen.expression, FaceEmbeddings(face, app)
 
     @property
     def face_dim(self) -> int:
         return self.face_embedder.dim if self.face_embedder is not None else FACE_ID_DIM
+
+    @property
+    def appearance_dim(self) -> int:
+        """0 when appearance embeddings are off: the (M, 0) arrays tracks and windows then hold."""
+        return self.appearance_embedder.dim if self.appearance_embedder is not None else 0
 
     # ---- voice ---------------------------------------------------------------------
     @property
@@ -208,6 +247,15 @@ class IdentityEmbedders:
 
 
 @dataclass(frozen=True)
+class FaceEmbeddings:
+    """What one landmarked face tick yields: its face descriptor and its appearance embedding
+    ((0,) when appearance is off)."""
+
+    face: np.ndarray  # (D,) float32
+    appearance: np.ndarray  # (Da,) float32
+
+
+@dataclass(frozen=True)
 class WindowIdentity:
     """The identity embeddings a window [s, e) carries, positions relative to s."""
 
@@ -215,14 +263,19 @@ class WindowIdentity:
     face_id_rows: np.ndarray = field(repr=False)  # (M,) int64: their rows in the window
     voice_id: np.ndarray | None = field(repr=False)  # (D,) float32, NaN: too little speech; None: none
     voice_id_row: int | None  # the voice tick - s: the embedding holds the speech before this row
+    appearance: np.ndarray = field(repr=False)  # (M, Da) float32: the same ticks' appearance embeddings
 
 
 def window_identity(face_ids: np.ndarray, face_ticks: np.ndarray, voice_ids: np.ndarray,
-                    voice_ticks: np.ndarray, s: int, e: int) -> WindowIdentity:
+                    voice_ticks: np.ndarray, s: int, e: int, appearance: np.ndarray | None = None,
+                    ) -> WindowIdentity:
     """What window [s, e) carries of a timeline's identity embeddings (ticks ascending):
-    the one slicing rule for ``FeatureTrack.window`` and live windows."""
+    the one slicing rule for ``FeatureTrack.window`` and live windows. ``appearance``: rows
+    aligned with ``face_ids`` (None: none, (M, 0))."""
     sel = (face_ticks >= s) & (face_ticks < e)
     j = int(np.searchsorted(voice_ticks, e, side="right")) - 1
+    app = np.zeros((len(face_ids), 0), dtype=np.float32) if appearance is None else appearance
     return WindowIdentity(
         face_ids=face_ids[sel], face_id_rows=(face_ticks[sel] - s).astype(np.int64),
-        voice_id=voice_ids[j] if j >= 0 else None, voice_id_row=int(voice_ticks[j]) - s if j >= 0 else None)
+        voice_id=voice_ids[j] if j >= 0 else None, voice_id_row=int(voice_ticks[j]) - s if j >= 0 else None,
+        appearance=app[sel])

@@ -107,6 +107,7 @@ class StreamFeaturizer:
             raise ValueError("max_buffer_s is too short to hold a window's voice context")
         self._face_ticks: list[int] = []  # ticks of the face descriptors held, ascending
         self._face_ids: list[np.ndarray] = []
+        self._appearance: list[np.ndarray] = []  # one per face descriptor ((0,) when off)
         self._voice: tuple[int, np.ndarray] | None = None  # the last voice embedding: (tick, vector)
         self._last_arrival: float | None = None  # VideoFrame.arrived of the newest frame pushed
 
@@ -129,14 +130,15 @@ class StreamFeaturizer:
         tick = self._rows.tick_for(frame.time)
         if tick is None:
             return  # a later frame on a tick already landmarked (50 fps sources)
-        row, face_id = self._identity.landmark(self._extractor, frame.image, frame.time, tick)
+        row, face = self._identity.landmark(self._extractor, frame.image, frame.time, tick)
         self._landmarked += 1
         if row is not None:
             self.last_face_image = frame.image
         self._rows.put(tick, row)
-        if face_id is not None:
+        if face is not None:
             self._face_ticks.append(tick)
-            self._face_ids.append(face_id)
+            self._face_ids.append(face.face)
+            self._appearance.append(face.appearance)
         if len(self._rows) > self._max_ticks:
             self._dropped_ticks += self._rows.drop_before(self._rows.end - self._max_ticks)
             self._skip_to(self._rows.base + _EDGE)
@@ -188,7 +190,8 @@ class StreamFeaturizer:
                    expression=v.expression, face_mask=v.face_mask, observed=v.observed,
                    audio=a["audio"], speech=a["speech"],
                    face_ids=ids.face_ids, face_id_rows=ids.face_id_rows,
-                   voice_id=ids.voice_id, voice_id_row=ids.voice_id_row, ready_at=self._last_arrival)
+                   voice_id=ids.voice_id, voice_id_row=ids.voice_id_row, appearance=ids.appearance,
+                   ready_at=self._last_arrival)
         self._windows += 1
         self._next_start = s + self.settings.hop
         self._trim()
@@ -204,17 +207,19 @@ class StreamFeaturizer:
     def _window_identity(self, s: int, e: int) -> WindowIdentity:
         dim = self._identity.face_dim
         faces = np.stack(self._face_ids) if self._face_ids else np.zeros((0, dim), dtype=np.float32)
+        app = (np.stack(self._appearance) if self._appearance
+               else np.zeros((0, self._identity.appearance_dim), dtype=np.float32))
         voice_ticks, voices = np.zeros(0, dtype=np.int64), np.zeros((0, self._identity.voice_dim), dtype=np.float32)
         k = self._identity.settings.voice_tick_for_end(e)
         if k is not None:
             if self._voice is None or self._voice[0] != k:  # windows closer than voice_every share one
                 self._voice = (k, self._identity.voice_at(self._audio, k))
             voice_ticks, voices = np.array([k], dtype=np.int64), self._voice[1][None, :]
-        return window_identity(faces, np.array(self._face_ticks, dtype=np.int64), voices, voice_ticks, s, e)
+        return window_identity(faces, np.array(self._face_ticks, dtype=np.int64), voices, voice_ticks, s, e, app)
 
     def _drop_face_ids(self, tick: int) -> None:
         n = int(np.searchsorted(self._face_ticks, tick))
-        del self._face_ticks[:n], self._face_ids[:n]
+        del self._face_ticks[:n], self._face_ids[:n], self._appearance[:n]
 
     def _trim(self) -> None:
         """Forget what no future window needs (its edge ticks, audio and voice context, and

@@ -24,7 +24,9 @@ from expose.monitor.features.phones import N_PHONES
 from expose.monitor.features.timeline import FPS
 from expose.monitor.features.windows import Window
 
-FORMAT_VERSION = 3  # 3: identity embeddings (face_ids, face_id_ticks, voice_ids, voice_id_ticks)
+# 3: identity embeddings (face_ids, face_id_ticks, voice_ids, voice_id_ticks); an ``appearance``
+# member (one row per face descriptor) came later: a file without it has none, (M, 0)
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class FeatureTrack:
     # (in [1, N]); a row of NaN: too little speech there
     voice_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
     voice_id_ticks: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
+    # (M, Da) float32 DiffFake appearance embeddings of the same faces as face_ids (row i: tick
+    # face_id_ticks[i]); (M, 0) when appearance is off. None at construction -> (M, 0)
+    appearance: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         n = len(self.face_mask)
@@ -63,6 +68,13 @@ class FeatureTrack:
         _default_embeddings(self, "voice_ids", "voice_id_ticks", VOICE_ID_DIM)
         _check_embeddings("face", self.face_ids, self.face_id_ticks, 0, n - 1)
         _check_embeddings("voice", self.voice_ids, self.voice_id_ticks, 1, n)
+        # zero-width means off: it follows the face rows (dataclasses.replace of face_ids alone)
+        if self.appearance is None or (self.appearance.ndim == 2 and self.appearance.shape[1] == 0):
+            object.__setattr__(self, "appearance", np.zeros((len(self.face_ids), 0), dtype=np.float32))
+        if (self.appearance.ndim != 2 or len(self.appearance) != len(self.face_ids)
+                or self.appearance.dtype != np.float32):
+            raise ValueError(f"FeatureTrack.appearance must be (M, Da) float32 with M = {len(self.face_ids)} "
+                             f"(one per face descriptor), got {self.appearance.shape} {self.appearance.dtype}")
         if self.phones is None:
             sil = np.zeros((n, N_PHONES), dtype=np.float32)
             sil[:, 0] = 1.0
@@ -119,12 +131,13 @@ class FeatureTrack:
         if not 0 <= start < end <= len(self):
             raise ValueError(f"window [{start}, {end}) outside a track of {len(self)} frames")
         rows = slice(start, end)
-        ids = window_identity(self.face_ids, self.face_id_ticks, self.voice_ids, self.voice_id_ticks, start, end)
+        ids = window_identity(self.face_ids, self.face_id_ticks, self.voice_ids, self.voice_id_ticks, start, end,
+                              self.appearance)
         return Window(stream=stream or self.source, t0=start / FPS, t1=end / FPS,
                       expression=self.expression[rows], audio=self.audio_rows(rows),
                       face_mask=self.face_mask[rows], speech=self.speech[rows], observed=self.observed[rows],
                       face_ids=ids.face_ids, face_id_rows=ids.face_id_rows,
-                      voice_id=ids.voice_id, voice_id_row=ids.voice_id_row)
+                      voice_id=ids.voice_id, voice_id_row=ids.voice_id_row, appearance=ids.appearance)
 
     def windows(self, lo: int, hi: int, length: int, hop: int, stream: str = "") -> list[Window]:
         """Windows starting every ``hop`` frames in [lo, hi - length]."""
@@ -143,6 +156,7 @@ class FeatureTrack:
             mel=self.mel[start:end], speech=self.speech[start:end], phones=self.phones[start:end],
             observed=self.observed[start:end],
             face_ids=self.face_ids[face], face_id_ticks=self.face_id_ticks[face] - start,
+            appearance=self.appearance[face],
             voice_ids=self.voice_ids[voice], voice_id_ticks=self.voice_id_ticks[voice] - start,
             source=f"{self.source}[{start / self.fps:.2f}-{end / self.fps:.2f}s]")
 
@@ -151,7 +165,8 @@ class FeatureTrack:
         ``face_id_every = every`` gives when this track was extracted at a divisor of it (the
         descriptor of a tick depends on that tick's frame alone). Call it before ``segment``."""
         keep = self.face_id_ticks % every == 0
-        return dataclasses.replace(self, face_ids=self.face_ids[keep], face_id_ticks=self.face_id_ticks[keep])
+        return dataclasses.replace(self, face_ids=self.face_ids[keep], face_id_ticks=self.face_id_ticks[keep],
+                                   appearance=self.appearance[keep])
 
     def with_audio_of(self, donor: FeatureTrack) -> FeatureTrack:
         """This track's video with ``donor``'s audio (same length, same timeline): the audio
@@ -189,6 +204,7 @@ class FeatureTrack:
             face_id_ticks=self.face_id_ticks,
             voice_ids=self.voice_ids,  # NaN rows (too little speech) are stored as they are
             voice_id_ticks=self.voice_id_ticks,
+            appearance=self.appearance,
         )
         tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
 
@@ -215,6 +231,8 @@ class FeatureTrack:
                     face_id_ticks=z["face_id_ticks"].astype(np.int64),
                     voice_ids=z["voice_ids"].astype(np.float32),
                     voice_id_ticks=z["voice_id_ticks"].astype(np.int64),
+                    appearance=(z["appearance"].astype(np.float32) if "appearance" in z.files
+                                else np.zeros((len(z["face_ids"]), 0), np.float32)),
                     has_audio=bool(meta["has_audio"]),
                     source=str(meta.get("source", "")),
                     media_sha256=str(meta.get("media_sha256", "")),

@@ -57,6 +57,9 @@ class Window:
     # speech; None: no voice embedding (disabled, or no voice tick yet)
     voice_id: np.ndarray | None = field(default=None, repr=False)
     voice_id_row: int | None = None
+    # (M, Da) float32 DiffFake appearance embeddings of the same faces as face_ids; (M, 0): off.
+    # None -> (M, 0)
+    appearance: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]
     # live only: wall clock (epoch s) when the video frame that completed the window arrived
     # (media.reader.VideoFrame.arrived); a score's frame_latency_s counts from it
     ready_at: float | None = None
@@ -69,12 +72,17 @@ class Window:
             object.__setattr__(self, "face_ids", np.zeros((0, FACE_ID_DIM), dtype=np.float32))
         if self.face_id_rows is None:
             object.__setattr__(self, "face_id_rows", np.zeros(0, dtype=np.int64))
+        # zero-width means off: it follows the face rows (dataclasses.replace of face_ids alone)
+        if self.appearance is None or (self.appearance.ndim == 2 and self.appearance.shape[1] == 0):
+            object.__setattr__(self, "appearance", np.zeros((len(self.face_ids), 0), dtype=np.float32))
         if (self.expression.shape[0] != t or self.audio.shape != (t, AUDIO_DIM) or self.speech.shape != (t,)
                 or self.observed.shape != (t,)):
             raise ValueError("Window arrays must share their first dimension T")
         if (self.face_ids.ndim != 2 or self.face_id_rows.shape != (len(self.face_ids),)
                 or ((self.face_id_rows < 0) | (self.face_id_rows >= t)).any()):
             raise ValueError("Window.face_ids must be (M, D) with M face_id_rows in [0, T)")
+        if self.appearance.ndim != 2 or len(self.appearance) != len(self.face_ids):
+            raise ValueError("Window.appearance must be (M, Da), one row per face descriptor")
         if (self.voice_id is None) != (self.voice_id_row is None) or (
                 self.voice_id is not None and (self.voice_id.ndim != 1 or self.voice_id_row is None
                                                or self.voice_id_row > t)):

@@ -60,6 +60,8 @@ def encode_window(w: Window, profile: str | None) -> dict[str, bytes]:
     arrays = {k: getattr(w, k) for k in _ARRAYS}
     if w.voice_id is not None:
         arrays["voice_id"] = w.voice_id
+    if w.appearance.shape[1]:  # zero-width (off) is what a Window defaults to
+        arrays["appearance"] = w.appearance
     np.savez(buf, **arrays)
     return {"meta": json.dumps(meta).encode(), "arrays": buf.getvalue()}
 

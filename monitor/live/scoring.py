@@ -148,7 +148,7 @@ def score_data(r: ScoredWindow, step: PolicyStep) -> ScoreData:
         # the threshold the smoothed distance was compared with
         threshold=calib.alert_threshold(len(step.state.recent)) if calib else None,
         z=prof.normalized(s.distance) if prof is not None and s.distance is not None else None,
-        identity=s.identity, sync=s.sync, fit=s.fit, face=s.face, voice=s.voice,
+        identity=s.identity, sync=s.sync, fit=s.fit, face=s.face, voice=s.voice, appearance=s.appearance,
         terms=dict(s.terms), driver=s.driver, explanation=s.explanation,
         face_ratio=s.face_ratio, speech_ratio=s.speech_ratio,
         reason=s.reason, state=step.state.state, latency_s=round(r.latency_s, 3),

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import ExposeError, ModelFileError
 from expose.monitor.features.audio import MELS_PER_FRAME, N_MELS
 from expose.monitor.features.expressions import EXPRESSION_DIM, MOUTH_CHANNELS
@@ -31,7 +32,7 @@ from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import AUDIO_DIM
 from expose.monitor.model.diffusion import add_noise, timestep_embedding
 from expose.monitor.model.score import FusionWeights
-from expose.monitor.model.verification import Decision, resolve_decision
+from expose.monitor.model.verification import Decision, check_appearance, resolve_decision
 
 CHECKPOINT_FORMAT = "expose-exam-1"
 N_MEL_FEATURES = MELS_PER_FRAME * N_MELS
@@ -184,10 +185,11 @@ class LoadedModel:
     decision: Decision | None = None  # the fused decision made for this checkpoint (model/verification.py)
 
 
-def load_model(path: Path, decision: str | Path = "none") -> LoadedModel:
+def load_model(path: Path, decision: str | Path = "none", features: FeatureConfig | None = None) -> LoadedModel:
     """Read a checkpoint and its decision file: ``auto`` takes the shipped decision when it
     was made for this checkpoint (else none: the legacy motion distance), ``none`` takes
-    none, a path takes that file and fails when it was made for another checkpoint."""
+    none, a path takes that file and fails when it was made for another checkpoint. With
+    ``features``, a decision's appearance term is checked against them (check_appearance)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -213,7 +215,10 @@ def load_model(path: Path, decision: str | Path = "none") -> LoadedModel:
         where = ".".join(str(p) for p in first["loc"])
         raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
     digest = sha256_file(path)
-    return LoadedModel(model, meta, digest, path, weights, resolve_decision(decision, digest))
+    resolved = resolve_decision(decision, digest)
+    if features is not None:
+        check_appearance(resolved, features)
+    return LoadedModel(model, meta, digest, path, weights, resolved)
 
 
 def pick_device(name: str) -> torch.device:

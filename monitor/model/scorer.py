@@ -43,7 +43,7 @@ from expose.monitor.model.denoisers import Denoiser, TorchDenoiser
 from expose.monitor.model.diffusion import add_noise
 from expose.monitor.model.exam import Exam, LoadedModel
 from expose.monitor.model.score import Score, ScoreSettings
-from expose.monitor.model.verification import Decision, IdentityReferences, face_term, voice_term
+from expose.monitor.model.verification import Decision, IdentityReferences, appearance_term, face_term, voice_term
 
 DEFAULT_HOP = FPS  # one window per second, offline and live
 
@@ -196,7 +196,7 @@ class Scorer:
                     tnorm = identity_tnorm(e_sub, e_null, cohort_errs[:, :, j])
                 st = self.settings
                 dist = st.w_identity * ident + st.w_sync * sync + st.w_fit * fit
-                face = voice = None
+                face = voice = app = None
                 terms: dict[str, float] = {}
                 driver = None
                 if self.decision is not None:
@@ -204,8 +204,11 @@ class Scorer:
                     if refs is not None:
                         face = face_term(w, refs, self.decision.face_cohort, self.decision.spec.min_faces)
                         voice = voice_term(w, refs, self.decision.voice_cohort)
+                        if self.decision.pair is not None:
+                            app = appearance_term(w, refs, self.decision.pair, self.decision.spec.min_faces)
                     fused = self.decision.fuse_terms(tnorm, sync, fit, requests[i].fit_centre,
-                                                     face.tnorm if face else None, voice.tnorm if voice else None)
+                                                     face.tnorm if face else None, voice.tnorm if voice else None,
+                                                     app)
                     dist, terms, driver = fused.distance, fused.z, fused.driver
                 results[i] = Score(w.stream, requests[i].profile, w.t0, w.t1, "scored", w.face_ratio,
                                    w.speech_ratio, distance=dist, identity=ident, sync=sync, fit=fit,
@@ -213,7 +216,7 @@ class Scorer:
                                    err_subject=float(e_sub.mean()), err_null=float(e_null.mean()),
                                    face=face.tnorm if face else None, voice=voice.tnorm if voice else None,
                                    face_raw=face.raw if face else None, voice_raw=voice.raw if voice else None,
-                                   terms=terms, driver=driver)
+                                   appearance=app, terms=terms, driver=driver)
         return [results[i] for i in range(len(requests))]
 
     def score_batched(self, requests: list[ScoreRequest], batch: int = 32) -> list[Score]:

@@ -9,7 +9,12 @@ Terms (each in the Score, higher = less like the claimed person):
 - ``face``: distance of the window's face descriptors to the enrolled references' mean,
   T-normalised against a cohort of other people's descriptor means;
 - ``voice``: cosine distance of the window's voice embedding to the enrolled voice,
-  T-normalised against a cohort of other people's voices.
+  T-normalised against a cohort of other people's voices;
+- ``appearance`` (DiffFake, model/difffake.py): how unlikely the differences between the
+  window's appearance embeddings and the enrolled ones are under the pair model fitted on
+  pristine same-person pairs (mean negative log-likelihood). The pair model is a population
+  model already, so no cohort: the decision standardises it like the others. It answers "is
+  the face real?", not "whose face?": a fake made from the person's own footage is its target.
 
 T-norm (as in speaker verification): ``(d(x, ref) - mean_c d(x, c)) / sd_c d(x, c)`` over
 the cohort members c. Genuine footage from a new recording is far from everyone, the
@@ -40,12 +45,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from expose.monitor.errors import ModelFileError
+from expose.monitor.config import FeatureConfig
+from expose.monitor.errors import ConfigError, ModelFileError
 from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import Window
+from expose.monitor.model.difffake import PairModel
 
-TERMS = ("identity", "sync", "fit", "face", "voice")
-Term = Literal["identity", "sync", "fit", "face", "voice"]
+TERMS = ("identity", "sync", "fit", "face", "voice", "appearance")
+Term = Literal["identity", "sync", "fit", "face", "voice", "appearance"]
 DECISION_FORMAT = "expose-decision-1"
 # what is seen (whose face and motion) and what is heard (whose voice, does the mouth follow it)
 STARTER_CHANNELS: tuple[tuple[Term, ...], ...] = (("face", "identity"), ("voice", "sync", "fit"))
@@ -58,6 +65,7 @@ EXPLANATIONS: dict[str, str] = {
     "fit": "mouth moves unlike anyone the model knows",
     "face": "face does not match the enrolled person",
     "voice": "voice does not match the enrolled person",
+    "appearance": "face looks manipulated",
 }
 
 
@@ -67,16 +75,19 @@ def explain(driver: str | None) -> str:
 
 @dataclass(frozen=True)
 class IdentityReferences:
-    """A profile's enrolled face descriptors (M, 128) and voice embeddings (V, 256); either may
-    be empty (no faces sampled, too little speech at enrollment): that term is then not used."""
+    """A profile's enrolled face descriptors (M, 128), voice embeddings (V, 256) and appearance
+    embeddings (R, Da); any may be empty (no faces sampled, too little speech at enrollment,
+    appearance off): that term is then not used."""
 
     face: np.ndarray = field(repr=False)
     voice: np.ndarray = field(repr=False)
+    appearance: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False)
 
     def __post_init__(self) -> None:
-        if self.face.ndim != 2 or self.voice.ndim != 2:
-            raise ValueError("face and voice references must be (N, D)")
-        if not (np.isfinite(self.face).all() and np.isfinite(self.voice).all()):
+        if self.face.ndim != 2 or self.voice.ndim != 2 or self.appearance.ndim != 2:
+            raise ValueError("face, voice and appearance references must be (N, D)")
+        if not (np.isfinite(self.face).all() and np.isfinite(self.voice).all()
+                and np.isfinite(self.appearance).all()):
             raise ValueError("references must be finite")
 
     @cached_property
@@ -129,6 +140,17 @@ def voice_term(window: Window, refs: IdentityReferences, cohort: np.ndarray) -> 
     return VerificationTerm(raw, _tnorm(raw, others))
 
 
+def appearance_term(window: Window, refs: IdentityReferences, pair: PairModel, min_faces: int = 2) -> float | None:
+    """DiffFake: the mean over the window's faces and the enrolled references of the pair
+    model's negative log-likelihood of (reference, face). None: fewer than ``min_faces`` faces
+    with an appearance embedding, no appearance enrolled, or embeddings of another size."""
+    x, r = window.appearance, refs.appearance
+    if len(r) == 0 or x.shape[1] == 0 or len(x) < max(min_faces, 1) or x.shape[1] != r.shape[1] \
+            or r.shape[1] != pair.means.shape[1]:
+        return None
+    return float(pair.distance(r, x).mean())
+
+
 class TermStats(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     mean: float
@@ -154,6 +176,9 @@ class DecisionSpec(BaseModel):
     genuine_std: float = Field(gt=0, description="Its spread.")
     smoothing_sd_ratio: list[float] = Field(description="sd(mean of n consecutive windows) / sd(one), n = 1, 2, ...")
     cohort_identities: list[str] = Field(description="Corpus identities whose face and voice form the cohort.")
+    appearance_sha256: str | None = Field(
+        None, description="With the appearance term: the appearance weights (features.appearance_model) its "
+        "embeddings must come from; the file holds their pair model.")
     validation: dict[str, object] = Field(default_factory=dict, description="What the choice was measured on.")
 
 
@@ -171,6 +196,12 @@ class Decision:
     voice_cohort: np.ndarray = field(repr=False)  # (C, 256) unit voice means
     path: Path | None = None
     sha256: str = ""
+    pair: PairModel | None = None  # DiffFake's pair model, with the appearance term
+
+    def __post_init__(self) -> None:
+        if ("appearance" in self.spec.terms) != (self.pair is not None) or \
+                (self.pair is not None) != (self.spec.appearance_sha256 is not None):
+            raise ValueError("a decision with the appearance term needs its pair model and appearance_sha256")
 
     def fuse(self, values: Mapping[str, float | None]) -> Fused:
         """Standardise the available terms, combine them by the rule; a missing term (None) is
@@ -191,17 +222,20 @@ class Decision:
         return Fused(float(dist), z, driver)
 
     def fuse_terms(self, identity_tnorm: float | None, sync: float | None, fit: float | None, fit_centre: float,
-                   face: float | None, voice: float | None) -> Fused:
+                   face: float | None, voice: float | None, appearance: float | None = None) -> Fused:
         """fuse() on a Score's terms, the fit term relative to the profile's own fit mean."""
         return self.fuse({"identity": identity_tnorm, "sync": sync,
-                          "fit": None if fit is None else fit - fit_centre, "face": face, "voice": voice})
+                          "fit": None if fit is None else fit - fit_centre, "face": face, "voice": voice,
+                          "appearance": appearance})
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
 
-        save_file({"face_cohort": self.face_cohort.astype(np.float32),
-                   "voice_cohort": self.voice_cohort.astype(np.float32)}, str(path),
-                  metadata={"format": DECISION_FORMAT, "spec": self.spec.model_dump_json()})
+        tensors = {"face_cohort": self.face_cohort.astype(np.float32),
+                   "voice_cohort": self.voice_cohort.astype(np.float32)}
+        if self.pair is not None:
+            tensors |= self.pair.tensors()
+        save_file(tensors, str(path), metadata={"format": DECISION_FORMAT, "spec": self.spec.model_dump_json()})
 
 
 def load_decision(path: Path) -> Decision:
@@ -218,6 +252,7 @@ def load_decision(path: Path) -> Decision:
                 raise ModelFileError(f"{path}: not a decision file (format {header.get('format')!r})")
             spec = DecisionSpec.model_validate(json.loads(header["spec"]))
             face, voice = f.get_tensor("face_cohort"), f.get_tensor("voice_cohort")
+            pair_tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith("pair.")}  # noqa: SIM118
     except ModelFileError:
         raise
     except ValidationError as err:
@@ -227,7 +262,28 @@ def load_decision(path: Path) -> Decision:
         raise ModelFileError(f"{path}: unreadable decision file ({str(err).splitlines()[0]})") from None
     if face.ndim != 2 or voice.ndim != 2 or len(face) < 2 or len(voice) < 2:
         raise ModelFileError(f"{path}: cohorts must be (C >= 2, D), got {face.shape} and {voice.shape}")
-    return Decision(spec, face, voice, path, sha256_file(path))
+    pair = PairModel.from_tensors(pair_tensors) if spec.appearance_sha256 is not None else None
+    try:
+        return Decision(spec, face, voice, path, sha256_file(path), pair)
+    except ValueError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+
+
+def check_appearance(decision: Decision | None, features: FeatureConfig) -> None:
+    """A decision with the appearance term needs the appearance embeddings on, from the weights
+    it was fitted with (their pair model is in the decision): ConfigError (one line) if not."""
+    if decision is None or decision.spec.appearance_sha256 is None:
+        return
+    from expose.monitor.features.identity import appearance_weights
+
+    weights = appearance_weights(features)
+    want = decision.spec.appearance_sha256
+    if weights is None:
+        raise ConfigError(f"the decision {decision.path} has the appearance term: set features.appearance_model "
+                          f"(auto, or the weights with sha256 {want[:12]})")
+    if sha256_file(weights) != want:
+        raise ConfigError(f"the decision {decision.path} was fitted with appearance weights {want[:12]}, "
+                          f"not {weights} (features.appearance_model)")
 
 
 def resolve_decision(setting: str | Path, model_sha256: str) -> Decision | None:
