@@ -24,6 +24,14 @@ identities' genuine clips against profiles enrolled on the first 6 s of their re
 
 Clip score of a term = mean over the clip's scored windows (None when no window has it).
 AUC per family = genuine clips (all identities, same quality) vs that family's clips.
+With a decision that has DiffFake's appearance term (bench/fit_decision.py --appearance) pass
+its weights as ``--appearance``: the media are extracted with appearance embeddings, the column
+``appearance`` is the term alone (the pair model's NLL) and ``fused-app`` is the same decision
+with the appearance term left out of each window (the rule on the other standardised terms):
+the fused decision before and after the term, on the same windows. Both are compared as
+``fused-raw`` and ``fused-app``: clip means of the window distances, without the per-profile
+normalisation of ``fused`` (the profiles were calibrated with the term).
+
 Columns: the fused decision; each term alone, raw and cohort-normalised (T-norm); the
 previous fused motion distance ("legacy": w . (identity, sync, fit), centred as the
 previous profiles did); a non-diffusion baseline (per-person Gaussian of window
@@ -75,8 +83,8 @@ CROSS_RECORDING = {"ocasio_cortez", "feifeili", "trump", "vox_7414"}
 SPLIT = 0.6
 SHORT_REFERENCE = 153  # frames: news_anchor_zh's 6.1 s
 QUALITIES = ("orig", "crf35_360p")
-TERM_COLUMNS = ("fused", "identity_raw", "identity", "sync", "fit", "face_raw", "face", "voice_raw", "voice",
-                "legacy", "baseline")
+TERM_COLUMNS = ("fused", "fused-raw", "fused-app", "identity_raw", "identity", "sync", "fit", "face_raw", "face",
+                "voice_raw", "voice", "appearance", "legacy", "baseline")
 
 
 # ---- baseline: per-person statistics of the same features, one-class Gaussian ----------
@@ -120,16 +128,18 @@ def main() -> None:
     ap.add_argument("--face-model", type=Path, default=SHARED / "models/face_landmarker.task")
     ap.add_argument("--enroll-steps", type=int, default=300)
     ap.add_argument("--json", type=Path, help="write the full results here")
+    ap.add_argument("--appearance", type=Path, help="the appearance weights of a decision with that term")
     args = ap.parse_args()
     manifest_path = args.attacks / "manifest.json"
     if not manifest_path.is_file():
         raise SystemExit(f"{manifest_path} not found: run bench/make_attacks.py first")
     manifest = json.loads(manifest_path.read_text())
 
-    base = load_model(args.model, args.decision)
-    length = base.model.cfg.window
     # extracted with five faces a second, thinned to the configured rate (FeatureTrack.thin_face_ids)
-    cache = FeatureCache(args.cache, FeatureConfig(face_id_every=5), args.face_model)
+    features = FeatureConfig(face_id_every=5, appearance_model=str(args.appearance) if args.appearance else "none")
+    base = load_model(args.model, args.decision, features)
+    length = base.model.cfg.window
+    cache = FeatureCache(args.cache, features, args.face_model)
     every = FeatureConfig().face_id_every
 
     def track(path: Path) -> FeatureTrack:
@@ -212,6 +222,11 @@ def main() -> None:
             "fit": mean([None if s.fit is None else s.fit - cal.fit_mean for s in scored]),
             "face_raw": mean([s.face_raw for s in scored]), "face": mean([s.face for s in scored]),
             "voice_raw": mean([s.voice_raw for s in scored]), "voice": mean([s.voice for s in scored]),
+            "appearance": mean([s.appearance for s in scored]),
+            "fused-raw": mean([s.distance for s in scored]),
+            "fused-app": mean([base.decision.combine({k: v for k, v in s.terms.items() if k != "appearance"}).distance
+                               for s in scored if s.terms and set(s.terms) - {"appearance"}])
+            if base.decision is not None and base.decision.pair is not None else None,
             "legacy": mean([(w.identity * s.identity + w.sync * s.sync + w.fit * s.fit - legacy_centre)
                             / (w.genuine_std or 1.0) for s in scored
                             if s.identity is not None and s.sync is not None and s.fit is not None]),

@@ -26,7 +26,17 @@ tried. Five other groupings scored afterwards on the same validation rows (e.g.
 face+voice+identity | sync+fit; face | voice | the motion terms) came within -0.03..+0.003 of
 its worst AUC and were not adopted: a difference that size on 60 genuine windows is noise.
 
+With ``--appearance WEIGHTS`` (DiffFake's appearance embedding, ``expose train-appearance``)
+the validation identities are extracted with appearance embeddings, enrolled with them, and the
+appearance term (model/verification.appearance_term) joins: its genuine cross-recording spread
+is measured like the others', and it is fused as a channel of its own (it answers "is the face
+real?", which neither "whose face and motion" nor "whose voice" does; fixed before any figure
+was seen). Only candidates holding it are chosen from, so the choice prices what it costs on
+impostors, dubs and desyncs (the validation families have no appearance attack). The decision
+stores the weights' pair model and sha256; it needs ``features.appearance_model`` set to them.
+
     .venv/bin/python bench/fit_decision.py [--out monitor/assets/decision-small.safetensors] [--json r.json]
+        [--appearance monitor/assets/appearance-small.safetensors]
 """
 
 from __future__ import annotations
@@ -42,17 +52,22 @@ import numpy as np
 import torch
 
 from expose.monitor.config import FeatureConfig
+from expose.monitor.features.appearance import load_pair_tensors
 from expose.monitor.features.cache import FeatureCache
+from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window, windows_of
 from expose.monitor.metrics import roc_auc
+from expose.monitor.model.difffake import PairModel
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, identity_tnorm, motion_terms, nearest_cohort
 from expose.monitor.model.smoothing import empirical_sd_ratios
 from expose.monitor.model.verification import (
+    STARTER_CHANNELS,
     Decision,
     DecisionSpec,
     TermStats,
+    appearance_term,
     face_term,
     voice_term,
 )
@@ -152,7 +167,13 @@ def main() -> None:
     ap.add_argument("--face-model", type=Path, default=SHARED / "models/face_landmarker.task")
     ap.add_argument("--enroll-steps", type=int, default=300)
     ap.add_argument("--json", type=Path, help="write the measurements here")
+    ap.add_argument("--appearance", type=Path, help="DiffFake appearance weights: fuse the appearance term too")
     args = ap.parse_args()
+    pair = PairModel.from_tensors(load_pair_tensors(args.appearance)) if args.appearance else None
+    terms_all = (*TERMS, "appearance") if pair is not None else TERMS
+    term_sets = ({f"{k} + appearance": (*v, "appearance") for k, v in TERM_SETS.items()} if pair is not None
+                 else TERM_SETS)
+    channels = [list(c) for c in STARTER_CHANNELS] + ([["appearance"]] if pair is not None else [])
     t_start = time.perf_counter()
     base = load_model(args.model, decision="none")
     model = base.model
@@ -161,8 +182,12 @@ def main() -> None:
     cache = FeatureCache(args.cache, FeatureConfig(face_id_every=5), args.face_model)
     every = FeatureConfig().face_id_every
 
-    def track(rel: str) -> FeatureTrack:
-        return cache.get(CORPUS / rel, require_audio=False)[0].thin_face_ids(every)
+    # the validation identities' tracks with appearance embeddings when asked (the cohort needs none)
+    app_cache = (FeatureCache(args.cache, FeatureConfig(face_id_every=5, appearance_model=str(args.appearance)),
+                              args.face_model) if args.appearance else cache)
+
+    def track(rel: str, appearance: bool = False) -> FeatureTrack:
+        return (app_cache if appearance else cache).get(CORPUS / rel, require_audio=False)[0].thin_face_ids(every)
 
     # ---- face and voice cohort ----------------------------------------------------------
     faces, voices, members = [], [], []
@@ -183,7 +208,7 @@ def main() -> None:
 
     # ---- enroll the validation identities ------------------------------------------------
     ids = list(VALIDATION)
-    tracks = {n: ([track(p) for p in e], [track(p) for p in t]) for n, (e, t) in VALIDATION.items()}
+    tracks = {n: ([track(p, True) for p in e], [track(p, True) for p in t]) for n, (e, t) in VALIDATION.items()}
     names = base.meta.get("identities", [])
     names = json.loads(names.replace("'", '"')) if isinstance(names, str) else list(names)
     profiles = {}
@@ -237,10 +262,12 @@ def main() -> None:
             tn = {c: identity_tnorm(e_sub, e_null, cerrs[:, :, k, :c]) for c in COHORT_SIZES}
             ft = face_term(w, prof.identity, face_cohort)
             vt = voice_term(w, prof.identity, voice_cohort)
+            at = appearance_term(w, prof.identity, pair) if pair is not None else None
             rows.append({"family": fam, "claimed": claimed, "clip": src, "t0": w.t0, "identity_raw": ident,
                          **{f"identity_c{c}": v for c, v in tn.items()}, "sync": sync, "fit": fit,
                          "face": ft.tnorm if ft else None, "face_raw": ft.raw if ft else None,
-                         "voice": vt.tnorm if vt else None, "voice_raw": vt.raw if vt else None})
+                         "voice": vt.tnorm if vt else None, "voice_raw": vt.raw if vt else None,
+                         "appearance": at})
     t_score = time.perf_counter() - t_score
     print(f"scored {len(rows)} windows with a {cmax}-member cohort in {t_score:.0f} s")
 
@@ -249,7 +276,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"term_auc": {}}
     keys = ["identity_raw", *[f"identity_c{c}" for c in COHORT_SIZES], "sync", "fit", "face_raw", "face",
-            "voice_raw", "voice"]
+            "voice_raw", "voice", *(["appearance"] if pair is not None else [])]
     print(f"\n{'term (window AUC)':<16}" + "".join(f"{f:>10}" for f in FAMILIES))
     for key in keys:
         a = {f: auc(col("genuine", key), col(f, key)) for f in FAMILIES}
@@ -262,31 +289,32 @@ def main() -> None:
         r["identity"] = r[f"identity_c{size}"]
 
     stats: dict[str, TermStats] = {}
-    for term in TERMS:
+    for term in terms_all:
         g = col("genuine", term)
         g = g[np.isfinite(g)]
         stats[term] = TermStats(mean=float(g.mean()), sd=float(max(g.std(), 1e-3)))
 
     def fused(rule: str, terms: tuple[str, ...]) -> dict[str, np.ndarray]:
         spec = DecisionSpec(base_model_sha256=base.sha256, motion_cohort=size, rule=rule,  # type: ignore[arg-type]
-                            terms={n: stats[n] for n in terms}, genuine_mean=0.0,
-                            genuine_std=1.0, smoothing_sd_ratio=[1.0], cohort_identities=members)
-        d = Decision(spec, face_cohort, voice_cohort)
-        return {f: np.array([d.fuse({n: r[n] for n in TERMS}).distance for r in rows if r["family"] == f])
+                            terms={n: stats[n] for n in terms}, genuine_mean=0.0, channels=channels,
+                            genuine_std=1.0, smoothing_sd_ratio=[1.0], cohort_identities=members,
+                            appearance_sha256=sha256_file(args.appearance) if "appearance" in terms else None)
+        d = Decision(spec, face_cohort, voice_cohort, pair=pair if "appearance" in terms else None)
+        return {f: np.array([d.fuse({n: r[n] for n in terms_all}).distance for r in rows if r["family"] == f])
                 for f in ("genuine", *FAMILIES)}
 
     # Candidates from the simplest: all terms before a term is dropped, the mean before the max
     # before the channels rule (which adds a grouping).
-    candidates = [(rule, set_name) for set_name in TERM_SETS for rule in ("mean", "max", "channels")]
-    scores = {c: fused(c[0], TERM_SETS[c[1]]) for c in candidates}
+    candidates = [(rule, set_name) for set_name in term_sets for rule in ("mean", "max", "channels")]
+    scores = {c: fused(c[0], term_sets[c[1]]) for c in candidates}
     rules: dict[tuple[str, str], dict[str, float]] = {}
     for c in candidates:
         rules[c] = {f: auc(scores[c]["genuine"], scores[c][f]) for f in FAMILIES}
         print(f"{c[0] + ', ' + c[1]:<16}" + "".join(f"{rules[c][f]:>10.3f}" for f in FAMILIES))
     rule, set_name, choice = one_standard_error_choice(candidates, rules, scores, rows)
     print(choice)
-    fz = fused(rule, TERM_SETS[set_name])
-    stats = {n: stats[n] for n in TERM_SETS[set_name]}
+    fz = fused(rule, term_sets[set_name])
+    stats = {n: stats[n] for n in term_sets[set_name]}
     gen = fz["genuine"]
     gen_rows = [r for r in rows if r["family"] == "genuine"]
     clips = sorted({r["clip"] for r in gen_rows})
@@ -295,13 +323,14 @@ def main() -> None:
     spec = DecisionSpec(
         base_model_sha256=base.sha256, motion_cohort=size, rule=rule, terms=stats,  # type: ignore[arg-type]
         genuine_mean=float(gen.mean()), genuine_std=float(gen.std()), smoothing_sd_ratio=[float(x) for x in ratios],
-        cohort_identities=members,
+        cohort_identities=members, channels=channels,
+        appearance_sha256=sha256_file(args.appearance) if pair is not None else None,
         validation={"identities": ids, "windows": {f: int(len(fz[f])) for f in fz},
                     "rule_auc": {f"{r}, {t}": a for (r, t), a in rules.items()}, "rule_choice": choice,
                     "term_auc": report["term_auc"], "cohort_sizes": list(COHORT_SIZES),
                     "enroll_steps": args.enroll_steps, "smoothing": "empirical" if empirical_sd_ratios(
                         series, min_points=20) else "base model's"})
-    Decision(spec, face_cohort, voice_cohort).save(args.out)
+    Decision(spec, face_cohort, voice_cohort, pair=pair).save(args.out)
     print(f"rule {rule}, terms {set_name}; genuine fused mean {spec.genuine_mean:+.3f} sd {spec.genuine_std:.3f}; "
           f"wrote {args.out} "
           f"({time.perf_counter() - t_start:.0f} s)")

@@ -208,6 +208,12 @@ class Decision:
         left out. Deterministic: the same values give the same distance."""
         z: dict[str, float] = {k: (v - st.mean) / st.sd for k, st in self.spec.terms.items()
              if (v := values.get(k)) is not None and np.isfinite(v)}
+        return self.combine(z)
+
+    def combine(self, z: Mapping[str, float]) -> Fused:
+        """The rule on already standardised terms (``Fused.z``; a subset of them: what the
+        decision says without a term)."""
+        z = dict(z)
         if not z:
             raise ValueError("no term to fuse")
         if self.spec.rule == "channels":
