@@ -55,7 +55,7 @@ class AlertSummary(Message):
     n_windows: int = Field(ge=1, description="Scored windows in the episode.")
     reasons: dict[str, int] = Field(
         default_factory=dict, description="How many of the episode's windows each term drove (identity, sync, "
-        "fit, face, voice); empty when scored without a decision.")
+        "fit, face, voice, appearance); empty when scored without a decision.")
     explanation: str = Field("", description="The most frequent driver in an analyst's words, e.g. 'face does "
                              "not match the enrolled person'; empty when no window had a driver.")
     status: AlertStatus = Field(description="Lifecycle: open -> acknowledged -> closed.")
