@@ -70,7 +70,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         stop_process(proc)
 
 
-def _window(stream: str = "cam", t1: float = 2.0, voice: bool = True, t: int = 50) -> Window:
+def _window(stream: str = "cam", t1: float = 2.0, voice: bool = True, t: int = 50, appearance: int = 0) -> Window:
     import numpy as np
 
     from expose.monitor.features.audio import AUDIO_DIM
@@ -80,18 +80,21 @@ def _window(stream: str = "cam", t1: float = 2.0, voice: bool = True, t: int = 5
                   rng.normal(size=(t, AUDIO_DIM)).astype(np.float32), rng.random(t) > 0.2,
                   rng.random(t).astype(np.float32), face_ids=rng.normal(size=(2, 128)).astype(np.float32),
                   face_id_rows=np.array([3, 40]), voice_id=rng.normal(size=256).astype(np.float32) if voice else None,
-                  voice_id_row=45 if voice else None, ready_at=1234.5)
+                  voice_id_row=45 if voice else None, ready_at=1234.5,
+                  appearance=rng.normal(size=(2, appearance)).astype(np.float32))
 
 
 def test_window_wire_format_round_trips_and_refuses_bad_entries() -> None:
     import numpy as np
 
-    for voice in (True, False):
-        w = _window(voice=voice)
+    for voice, appearance in ((True, 0), (False, 0), (True, 256)):
+        w = _window(voice=voice, appearance=appearance)
         fields = {k.encode(): v for k, v in encode_window(w, "alice").items()}
         back, profile = decode_window(fields)
         assert profile == "alice" and (back.stream, back.t0, back.t1, back.ready_at) == (w.stream, w.t0, w.t1, 1234.5)
-        for name in ("expression", "audio", "face_mask", "speech", "observed", "face_ids", "face_id_rows"):
+        assert back.appearance.shape == (2, appearance)
+        for name in ("expression", "audio", "face_mask", "speech", "observed", "face_ids", "face_id_rows",
+                     "appearance"):
             assert np.array_equal(getattr(back, name), getattr(w, name)), name
         assert (back.voice_id is None) == (not voice) and back.voice_id_row == w.voice_id_row
     good = {k.encode(): v for k, v in encode_window(_window(), None).items()}
