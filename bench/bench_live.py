@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_live.py                          # defaults: at most ~6 minutes
     .venv/bin/python bench/bench_live.py --max-streams 4 --level-seconds 20 --memory-seconds 90 --json
     .venv/bin/python bench/bench_live.py --no-identity             # without face / voice embeddings
+    .venv/bin/python bench/bench_live.py --decision D --appearance W  # with DiffFake's appearance term
     nice .venv/bin/python bench/bench_live.py --max-streams 0 --memory-seconds 1800 --memory-streams 3  # soak
     .venv/bin/python bench/bench_live.py --max-streams 0 --memory-seconds 180 --memory-streams 2 --tracemalloc 8
 
@@ -113,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="features.face_crop (with --face-backend onnx)")
     p.add_argument("--face-backend", choices=["mediapipe", "onnx"], default="mediapipe",
                    help="features.face_backend: onnx = one face model per process, batched across its streams")
+    p.add_argument("--appearance", type=Path, default=None,
+                   help="features.appearance_model: DiffFake appearance embeddings of the sampled faces (with a "
+                        "--decision that has the appearance term, made with these weights; the profile gets "
+                        "random appearance references of the right size)")
     p.add_argument("--no-identity", action="store_true",
                    help="no face descriptors / voice embeddings (they are on when the model has a decision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -234,6 +239,7 @@ def cluster_nodes(cfg: Any, model_path: Path, n_ingest: int, tmp: Path) -> Any:
             f'[features]\nface_model = "{f.face_model}"\nface_backend = "{f.face_backend}"\n'
             f'face_crop = "{f.face_crop}"\n'
             f"face_id_every = {f.face_id_every}\nvoice_every = {f.voice_every}\n"
+            f'appearance_model = "{f.appearance_model}"\n'
             f'[model]\ndecision = "{cfg.model.decision}"\n'
             f"[live]\nnative_threads = {cfg.live.native_threads}\n"
             f"heap_limits = {'true' if cfg.live.heap_limits else 'false'}\n")
@@ -319,6 +325,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
                                 "face_crop": args.face_crop}
     if args.no_identity:
         features |= {"face_id_every": 0, "voice_every": 0}
+    if args.appearance is not None:
+        features["appearance_model"] = str(args.appearance)
     live: dict[str, Any] = {} if args.native_threads is None else {"native_threads": args.native_threads}
     live["workers"] = args.workers
     live["heap_limits"] = not args.no_heap_limits
@@ -333,12 +341,15 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
         what = "untrained, default ModelConfig() size (no starter model found)"
     else:
         what = str(model_path)
-    base = load_model(Path(model_path), cfg.model.decision)
+    base = load_model(Path(model_path), cfg.model.decision, cfg.features)
     k, d = base.model.null_tokens.shape
     torch.manual_seed(1)
     rng = np.random.default_rng(1)  # enrolled face / voice of the right shapes: the terms cost the same
+    pair = base.decision.pair if base.decision is not None else None
     refs = IdentityReferences(rng.normal(size=(16, FACE_ID_DIM)).astype(np.float32) * 0.05,
-                              rng.normal(size=(32, VOICE_ID_DIM)).astype(np.float32))
+                              rng.normal(size=(32, VOICE_ID_DIM)).astype(np.float32),
+                              rng.normal(size=(16, pair.means.shape[1])).astype(np.float32) if pair is not None
+                              else np.zeros((0, 0), np.float32))
     ProfileStore(tmp / "profiles").save(Profile(
         name=PROFILE, base_model_sha256=base.sha256, created=datetime.now(UTC).isoformat(),
         references=[], calibration=Calibration(n_windows=0, mean=-1e9, std=1.0, threshold=-1e9, target_far=0.01),
@@ -575,6 +586,7 @@ async def _bench(args: argparse.Namespace, tmp: Path, cfg: Any, monitor: Any, si
         "machine": machine(), "model": model_what, "device": str(monitor.scorer.device),
         "decision": str(monitor.scorer.decision.path) if monitor.scorer.decision is not None else None,
         "identity_embeddings": monitor.identity and not args.no_identity,
+        "appearance": str(args.appearance) if args.appearance is not None else None,
         "clip": {"path": str(clip), "fps": fps}, "hop_s": cfg.live.hop_s,
         "window_s": monitor.features.window / FPS, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                                for k, v in vars(args).items()},
@@ -623,6 +635,7 @@ def memory_run(args: argparse.Namespace, streams: int, whole: bool = False) -> d
     if args.model is not None:
         cmd += ["--model", str(args.model)]
     cmd += ["--decision", str(args.decision)] + (["--no-identity"] if args.no_identity else [])
+    cmd += ["--appearance", str(args.appearance)] if args.appearance is not None else []
     cmd += ["--tracemalloc", str(args.tracemalloc)] if args.tracemalloc else []
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.memory_seconds + 300)
     if args.tracemalloc:
@@ -645,7 +658,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [f"machine: {m['cpu']}, nproc {m['nproc']}, load average at start {m['loadavg_at_start']}, "
              f"torch threads {m['torch_threads']}, BLAS threads {m['blas_threads']}, {m['platform']}",
              f"model: {r['model']}  device: {r['device']}",
-             f"decision: {r['decision']}  face / voice embeddings: {'on' if r['identity_embeddings'] else 'off'}",
+             f"decision: {r['decision']}  face / voice embeddings: {'on' if r['identity_embeddings'] else 'off'}"
+             f"  appearance: {r.get('appearance') or 'off'}",
              f"clip: {r['clip']['path']} ({r['clip']['fps']:g} fps), window {r['window_s']} s, hop {r['hop_s']} s",
              f"idle RSS (model loaded, no stream): {r['rss_idle_mb']} MB"]
     if "levels" in r:  # not with --max-streams 0
