@@ -120,6 +120,7 @@ class ProfileInfo(Message):
                              "cannot be claimed).")
     face_references: int = Field(description="Enrolled face descriptors (0: no face term).")
     voice_references: int = Field(description="Enrolled voice embeddings (0: no voice term).")
+    appearance_references: int = Field(0, description="Enrolled appearance embeddings (0: no appearance term).")
 
     @classmethod
     def of(cls, profile: Profile, base_sha256: str, decision_sha256: str | None = None) -> ProfileInfo:
@@ -127,7 +128,8 @@ class ProfileInfo(Message):
                    references=len(profile.references), base_model=profile.base_model_sha256[:12],
                    compatible=profile.base_model_sha256 == base_sha256
                    and profile.decision_sha256 == decision_sha256,
-                   face_references=len(profile.identity.face), voice_references=len(profile.identity.voice))
+                   face_references=len(profile.identity.face), voice_references=len(profile.identity.voice),
+                   appearance_references=len(profile.identity.appearance))
 
 
 class ProfileUnreadable(Message):

@@ -351,11 +351,15 @@ def enroll(
           f"{c.threshold:.4f} for one window, {c.alert_threshold(n):.4f} for the mean of {n} (live policy), "
           f"target false-alarm rate {c.target_far:g}")
     faces, voices = len(profile.identity.face), len(profile.identity.voice)
-    print(f"identity: {faces} face descriptors, {voices} voice embeddings enrolled; decision: "
+    apps = f", {len(profile.identity.appearance)} appearance embeddings" if len(profile.identity.appearance) else ""
+    print(f"identity: {faces} face descriptors, {voices} voice embeddings{apps} enrolled; decision: "
           f"{base.decision.path.name if base.decision and base.decision.path else 'none (motion distance only)'}")
     if base.decision is not None and not faces:
         err_console.print("[yellow]warning[/]: no face descriptor in the reference: the face term is off for this "
                           "profile")
+    if base.decision is not None and base.decision.pair is not None and not len(profile.identity.appearance):
+        err_console.print("[yellow]warning[/]: no appearance embedding in the reference: the appearance term is off "
+                          "for this profile")
     if base.decision is not None and not voices:
         err_console.print("[yellow]warning[/]: too little speech in the reference for a voice embedding: the voice "
                           "term is off for this profile")
@@ -412,6 +416,7 @@ def profiles_show(name: str, profiles: ProfilesOpt = None, config: ConfigOpt = N
     meta = {k: v for k, v in asdict(p).items() if k not in ("tokens", "identity")}
     meta["tokens_shape"] = list(p.tokens.shape)
     meta["face_references"], meta["voice_references"] = len(p.identity.face), len(p.identity.voice)
+    meta["appearance_references"] = len(p.identity.appearance)
     print(json.dumps(meta, indent=2))
 
 
@@ -628,7 +633,8 @@ def score(
             driver = f"  driver {s.driver}" if s.driver else ""
             print(f"  {s.t0:7.2f}-{s.t1:7.2f} s  distance {s.distance:+.4f} {flag} "
                   f"(identity {s.identity - cal.identity_mean:+.4f}, sync {s.sync:+.4f}, "
-                  f"fit {s.fit - cal.fit_mean:+.4f}, face {_term(s.face)}, voice {_term(s.voice)})  {st}{driver}")
+                  f"fit {s.fit - cal.fit_mean:+.4f}, face {_term(s.face)}, voice {_term(s.voice)}"
+                  f"{'' if s.appearance is None else f', appearance {s.appearance:+.1f}'})  {st}{driver}")
     print(f"timeline  [{timeline(res)}]  ('.' authentic, '~' suspect, '!' alert, '?' insufficient)")
     cs = "n/a" if res.clip_score is None else f"{res.clip_score:+.2f}"
     when = f"alert at {res.alert_at:.1f} s" if res.alert_at is not None else "no alert"
