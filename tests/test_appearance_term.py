@@ -230,3 +230,17 @@ def test_a_decision_with_the_term_needs_its_weights(weights: Path, cfg: FeatureC
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=meta)
     with pytest.raises(ModelFileError, match="pair"):
         load_decision(tmp_path / "broken.safetensors")
+
+
+def test_the_shipped_weights_load_with_their_pair_model(feature_config: FeatureConfig) -> None:
+    """``appearance_model = "auto"`` is the shipped file: a network, its training record and the
+    pair model fitted after training (monitor/assets/APPEARANCE_CARD.md)."""
+    from expose.monitor.features.appearance import load_pair_tensors
+    from expose.monitor.features.identity import STARTER_APPEARANCE, appearance_weights
+
+    path = appearance_weights(feature_config.model_copy(update={"appearance_model": "auto"}))
+    assert path == STARTER_APPEARANCE and path.stat().st_size < 10_000_000
+    emb = AppearanceEmbedder(path)
+    pair = PairModel.from_tensors(load_pair_tensors(path))
+    assert pair.means.shape[1] == emb.dim and emb.meta  # the training record is in the header
+    assert appearance_weights(feature_config) is None  # the default is off
