@@ -91,9 +91,11 @@ class Explained:
 def explained(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Clip) -> Explained:
     root = tmp_path_factory.mktemp("explained")
     rng = np.random.default_rng(0)
+    # every term but appearance, whose pair model this decision does not carry
+    terms = {t: TermStats(mean=0.0, sd=1.0) for t in TERMS if t != "appearance"}
     spec = DecisionSpec(base_model_sha256=hashlib.sha256(STARTER_MODEL.read_bytes()).hexdigest(), motion_cohort=4,
-                        rule="max", terms={t: TermStats(mean=0.0, sd=1.0) for t in TERMS}, genuine_mean=0.0,
-                        genuine_std=1.0, smoothing_sd_ratio=[1.0], cohort_identities=["a", "b", "c", "d"])
+                        rule="max", terms=terms, genuine_mean=0.0, genuine_std=1.0,
+                        smoothing_sd_ratio=[1.0], cohort_identities=["a", "b", "c", "d"])
     decision = root / "decision.safetensors"
     Decision(spec, rng.normal(size=(4, 128)).astype(np.float32) * 0.05,
              rng.normal(size=(4, 256)).astype(np.float32)).save(decision)
