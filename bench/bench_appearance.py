@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_face_id import _timed  # this script's folder is on sys.path when it runs
 
 from expose.monitor.features.appearance import AppearanceEmbedder
 from expose.monitor.features.face_id import sample_faces
@@ -33,14 +32,11 @@ SHARED = ROOT.parent / "shared"
 
 
 def timed(fn: Callable[[], object], repeat: int, per: int) -> tuple[float, float]:
-    """(median, best) milliseconds per item over ``repeat`` rounds of ``fn`` handling ``per`` items."""
-    fn()  # warm-up: first-call allocations
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t0) * 1000 / per)
-    return statistics.median(runs), min(runs)
+    """(median, best) milliseconds per item over ``repeat`` rounds of ``fn`` handling ``per``
+    items, after one warm-up call (first-call allocations); the rounds are bench_face_id's."""
+    fn()
+    median, best, _ = _timed(fn, repeat)
+    return median * 1000 / per, best * 1000 / per
 
 
 def main() -> None:
