@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expose.monitor.features.appearance import AppearanceEmbedder, load_pair_tensors, to_input
+from expose.monitor.features.appearance import AppearanceEmbedder, load_score_tensors, to_input
 from expose.monitor.features.face_id import DlibFaceEmbedder, FaceSample, sample_faces
 from expose.monitor.metrics import roc_auc
 from expose.monitor.model.difffake import PairModel
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     app, dlib_net = AppearanceEmbedder(args.weights), DlibFaceEmbedder()
-    pair = PairModel.from_tensors(load_pair_tensors(args.weights))
+    pair = PairModel.from_tensors(load_score_tensors(args.weights))
 
     def measure(path: Path) -> tuple[list[FaceSample], np.ndarray, np.ndarray, np.ndarray]:
         faces, _ = sample_faces(path, args.face_model, args.faces, args.stride)

@@ -345,10 +345,10 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Any, Path, str]:
     k, d = base.model.null_tokens.shape
     torch.manual_seed(1)
     rng = np.random.default_rng(1)  # enrolled face / voice of the right shapes: the terms cost the same
-    pair = base.decision.pair if base.decision is not None else None
+    app = base.decision.appearance if base.decision is not None else None
     refs = IdentityReferences(rng.normal(size=(16, FACE_ID_DIM)).astype(np.float32) * 0.05,
                               rng.normal(size=(32, VOICE_ID_DIM)).astype(np.float32),
-                              rng.normal(size=(16, pair.means.shape[1])).astype(np.float32) if pair is not None
+                              rng.normal(size=(16, app.dim)).astype(np.float32) if app is not None
                               else np.zeros((0, 0), np.float32))
     ProfileStore(tmp / "profiles").save(Profile(
         name=PROFILE, base_model_sha256=base.sha256, created=datetime.now(UTC).isoformat(),

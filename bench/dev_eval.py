@@ -26,7 +26,7 @@ Clip score of a term = mean over the clip's scored windows (None when no window 
 AUC per family = genuine clips (all identities, same quality) vs that family's clips.
 With a decision that has DiffFake's appearance term (bench/fit_decision.py --appearance) pass
 its weights as ``--appearance``: the media are extracted with appearance embeddings, the column
-``appearance`` is the term alone (the pair model's NLL) and ``fused-app`` is the same decision
+``appearance`` is the term alone (the decision's appearance score) and ``fused-app`` is the same decision
 with the appearance term left out of each window (the rule on the other standardised terms):
 the fused decision before and after the term, on the same windows. Both are compared as
 ``fused-raw`` and ``fused-app``: clip means of the window distances, without the per-profile
@@ -226,7 +226,7 @@ def main() -> None:
             "fused-raw": mean([s.distance for s in scored]),
             "fused-app": mean([base.decision.combine({k: v for k, v in s.terms.items() if k != "appearance"}).distance
                                for s in scored if s.terms and set(s.terms) - {"appearance"}])
-            if base.decision is not None and base.decision.pair is not None else None,
+            if base.decision is not None and base.decision.appearance is not None else None,
             "legacy": mean([(w.identity * s.identity + w.sync * s.sync + w.fit * s.fit - legacy_centre)
                             / (w.genuine_std or 1.0) for s in scored
                             if s.identity is not None and s.sync is not None and s.fit is not None]),

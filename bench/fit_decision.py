@@ -31,9 +31,15 @@ the validation identities are extracted with appearance embeddings, enrolled wit
 appearance term (model/verification.appearance_term) joins: its genuine cross-recording spread
 is measured like the others', and it is fused as a channel of its own (it answers "is the face
 real?", which neither "whose face and motion" nor "whose voice" does; fixed before any figure
-was seen). Only candidates holding it are chosen from, so the choice prices what it costs on
-impostors, dubs and desyncs (the validation families have no appearance attack). The decision
-stores the weights' pair model and sha256; it needs ``features.appearance_model`` set to them.
+was seen). Two validation face attacks join the families (``appearance_attacks``, built once
+into ``--attacks`` with the dev evaluation's makers: each validation identity's other
+recording with the next one's face swapped in, ``swap``, and with its face following the next
+one's motion, ``reenact``), so every choice prices the term on what it is for as well as on
+impostors, dubs and desyncs. The appearance score (DiffFake's pair model, the network's head,
+or the head centred on the enrolled faces: model/difffake.py) is the one whose term alone has
+the best mean window AUC over those two families (``--appearance-score`` forces one). Only
+candidates holding the term are chosen from. The decision stores the score's tensors and the
+weights' sha256; it needs ``features.appearance_model`` set to them.
 
     .venv/bin/python bench/fit_decision.py [--out monitor/assets/decision-small.safetensors] [--json r.json]
         [--appearance monitor/assets/appearance-small.safetensors]
@@ -52,13 +58,13 @@ import numpy as np
 import torch
 
 from expose.monitor.config import FeatureConfig
-from expose.monitor.features.appearance import load_pair_tensors
+from expose.monitor.features.appearance import load_score_tensors
 from expose.monitor.features.cache import FeatureCache
 from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window, windows_of
 from expose.monitor.metrics import roc_auc
-from expose.monitor.model.difffake import PairModel
+from expose.monitor.model.difffake import SCORE_KINDS, AppearanceScore, appearance_score
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import DEFAULT_HOP, Scorer, identity_tnorm, motion_terms, nearest_cohort
 from expose.monitor.model.smoothing import empirical_sd_ratios
@@ -95,8 +101,37 @@ VALIDATION: dict[str, tuple[list[str], list[str]]] = {
 COHORT_SIZES = (4, 8, 16, 32, 64)
 TERMS = ("identity", "sync", "fit", "face", "voice")
 TERM_SETS = {"all": TERMS, "no fit": ("identity", "sync", "face", "voice")}
-FAMILIES = ("impostor", "dub", "desync")
+FAMILIES: tuple[str, ...] = ("impostor", "dub", "desync")
 DESYNC_FRAMES = 12
+
+
+APPEARANCE_FAMILIES = ("swap", "reenact")
+
+
+def appearance_attacks(out: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Validation attacks on the face (with ``--appearance``), built once into ``out`` with the
+    dev evaluation's makers (bench/make_attacks.py): each validation identity's first other
+    recording with the next identity's face swapped in (``swap``), and with its own face made to
+    follow the next identity's motion (``reenact``); its own audio kept. family -> [(claimed, file)]."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_attacks import face_reenact, face_swap
+
+    ids = list(VALIDATION)
+    made: dict[str, list[tuple[str, Path]]] = {f: [] for f in APPEARANCE_FAMILIES}
+    for i, n in enumerate(ids):
+        donor = ids[(i + 1) % len(ids)]
+        target, other = CORPUS / VALIDATION[n][1][0], CORPUS / VALIDATION[donor][1][0]
+        for fam, maker in (("swap", face_swap), ("reenact", face_reenact)):
+            path = out / fam / f"{n}_{donor}.mp4"
+            if not (path.is_file() and path.stat().st_size > 0):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                maker(target, other)(path)
+                print(f"made {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            made[fam].append((n, path))
+    return made
 
 
 def cohort_identities() -> dict[str, list[str]]:
@@ -168,12 +203,21 @@ def main() -> None:
     ap.add_argument("--enroll-steps", type=int, default=300)
     ap.add_argument("--json", type=Path, help="write the measurements here")
     ap.add_argument("--appearance", type=Path, help="DiffFake appearance weights: fuse the appearance term too")
+    ap.add_argument("--appearance-score", choices=SCORE_KINDS,
+                    help="the appearance score to fuse (default: the best on the validation swaps and reenactments)")
+    ap.add_argument("--attacks", type=Path, default=Path.home() / ".cache/expose/validation-attacks",
+                    help="where the validation face attacks are built (with --appearance)")
     args = ap.parse_args()
-    pair = PairModel.from_tensors(load_pair_tensors(args.appearance)) if args.appearance else None
-    terms_all = (*TERMS, "appearance") if pair is not None else TERMS
-    term_sets = ({f"{k} + appearance": (*v, "appearance") for k, v in TERM_SETS.items()} if pair is not None
+    global FAMILIES
+    scores_app: dict[str, AppearanceScore] = {}
+    if args.appearance:
+        tensors = load_score_tensors(args.appearance)
+        scores_app = {k: appearance_score(k, tensors) for k in SCORE_KINDS}
+        FAMILIES = (*FAMILIES, *APPEARANCE_FAMILIES)  # the face attacks join every choice
+    terms_all = (*TERMS, "appearance") if scores_app else TERMS
+    term_sets = ({f"{k} + appearance": (*v, "appearance") for k, v in TERM_SETS.items()} if scores_app
                  else TERM_SETS)
-    channels = [list(c) for c in STARTER_CHANNELS] + ([["appearance"]] if pair is not None else [])
+    channels = [list(c) for c in STARTER_CHANNELS] + ([["appearance"]] if scores_app else [])
     t_start = time.perf_counter()
     base = load_model(args.model, decision="none")
     model = base.model
@@ -237,6 +281,11 @@ def main() -> None:
         for o in ids:
             if o != n:
                 cases += [("impostor", n, t.source, windows_of(t, length, DEFAULT_HOP)) for t in tracks[o][1]]
+    if scores_app:
+        for fam, made in appearance_attacks(args.attacks.expanduser()).items():
+            for n, path in made:
+                t = app_cache.get(path, require_audio=False)[0].thin_face_ids(every)
+                cases.append((fam, n, str(path), windows_of(t, length, DEFAULT_HOP)))
 
     # ---- raw terms of every window: one pass with the largest cohort ----------------------
     scorer = Scorer(model, base.weights.settings())
@@ -262,12 +311,12 @@ def main() -> None:
             tn = {c: identity_tnorm(e_sub, e_null, cerrs[:, :, k, :c]) for c in COHORT_SIZES}
             ft = face_term(w, prof.identity, face_cohort)
             vt = voice_term(w, prof.identity, voice_cohort)
-            at = appearance_term(w, prof.identity, pair) if pair is not None else None
+            app = {f"appearance_{k}": appearance_term(w, prof.identity, sc) for k, sc in scores_app.items()}
             rows.append({"family": fam, "claimed": claimed, "clip": src, "t0": w.t0, "identity_raw": ident,
                          **{f"identity_c{c}": v for c, v in tn.items()}, "sync": sync, "fit": fit,
                          "face": ft.tnorm if ft else None, "face_raw": ft.raw if ft else None,
                          "voice": vt.tnorm if vt else None, "voice_raw": vt.raw if vt else None,
-                         "appearance": at})
+                         **app})
     t_score = time.perf_counter() - t_score
     print(f"scored {len(rows)} windows with a {cmax}-member cohort in {t_score:.0f} s")
 
@@ -276,7 +325,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"term_auc": {}}
     keys = ["identity_raw", *[f"identity_c{c}" for c in COHORT_SIZES], "sync", "fit", "face_raw", "face",
-            "voice_raw", "voice", *(["appearance"] if pair is not None else [])]
+            "voice_raw", "voice", *[f"appearance_{k}" for k in scores_app]]
     print(f"\n{'term (window AUC)':<16}" + "".join(f"{f:>10}" for f in FAMILIES))
     for key in keys:
         a = {f: auc(col("genuine", key), col(f, key)) for f in FAMILIES}
@@ -285,8 +334,16 @@ def main() -> None:
     best = max(report["term_auc"][f"identity_c{c}"]["impostor"] for c in COHORT_SIZES)
     size = min(c for c in COHORT_SIZES if report["term_auc"][f"identity_c{c}"]["impostor"] >= best - 0.01)
     print(f"motion cohort: {size} (impostor AUC within 0.01 of the best, {best:.3f})")
+    kind = args.appearance_score
+    if scores_app and kind is None:  # fixed before any figure: the best mean AUC over the face attacks
+        kind = max(SCORE_KINDS, key=lambda k: np.mean([report["term_auc"][f"appearance_{k}"][f]
+                                                       for f in APPEARANCE_FAMILIES]))
+        print(f"appearance score: {kind} (best mean window AUC over {', '.join(APPEARANCE_FAMILIES)})")
+    chosen = scores_app.get(kind) if kind else None
     for r in rows:
         r["identity"] = r[f"identity_c{size}"]
+        if kind:
+            r["appearance"] = r[f"appearance_{kind}"]
 
     stats: dict[str, TermStats] = {}
     for term in terms_all:
@@ -298,8 +355,9 @@ def main() -> None:
         spec = DecisionSpec(base_model_sha256=base.sha256, motion_cohort=size, rule=rule,  # type: ignore[arg-type]
                             terms={n: stats[n] for n in terms}, genuine_mean=0.0, channels=channels,
                             genuine_std=1.0, smoothing_sd_ratio=[1.0], cohort_identities=members,
-                            appearance_sha256=sha256_file(args.appearance) if "appearance" in terms else None)
-        d = Decision(spec, face_cohort, voice_cohort, pair=pair if "appearance" in terms else None)
+                            appearance_sha256=sha256_file(args.appearance) if "appearance" in terms else None,
+                            appearance_score=kind or "pair")
+        d = Decision(spec, face_cohort, voice_cohort, appearance=chosen if "appearance" in terms else None)
         return {f: np.array([d.fuse({n: r[n] for n in terms_all}).distance for r in rows if r["family"] == f])
                 for f in ("genuine", *FAMILIES)}
 
@@ -324,13 +382,14 @@ def main() -> None:
         base_model_sha256=base.sha256, motion_cohort=size, rule=rule, terms=stats,  # type: ignore[arg-type]
         genuine_mean=float(gen.mean()), genuine_std=float(gen.std()), smoothing_sd_ratio=[float(x) for x in ratios],
         cohort_identities=members, channels=channels,
-        appearance_sha256=sha256_file(args.appearance) if pair is not None else None,
+        appearance_sha256=sha256_file(args.appearance) if chosen is not None else None,
+        appearance_score=kind or "pair",
         validation={"identities": ids, "windows": {f: int(len(fz[f])) for f in fz},
                     "rule_auc": {f"{r}, {t}": a for (r, t), a in rules.items()}, "rule_choice": choice,
                     "term_auc": report["term_auc"], "cohort_sizes": list(COHORT_SIZES),
                     "enroll_steps": args.enroll_steps, "smoothing": "empirical" if empirical_sd_ratios(
                         series, min_points=20) else "base model's"})
-    Decision(spec, face_cohort, voice_cohort, pair=pair).save(args.out)
+    Decision(spec, face_cohort, voice_cohort, appearance=chosen).save(args.out)
     print(f"rule {rule}, terms {set_name}; genuine fused mean {spec.genuine_mean:+.3f} sd {spec.genuine_std:.3f}; "
           f"wrote {args.out} "
           f"({time.perf_counter() - t_start:.0f} s)")

@@ -175,7 +175,7 @@ def face_swap(target: Path, donor: Path) -> Callable[[Path], None]:
     return _with_own_audio(target, donor, "face_swap", "swap_video")
 
 
-def reenact(target: Path, driver: Path) -> Callable[[Path], None]:
+def face_reenact(target: Path, driver: Path) -> Callable[[Path], None]:
     """A maker: ``target`` with its face following ``driver``'s motion (bench/reenact.py), ``target``'s audio."""
     return _with_own_audio(target, driver, "reenact", "reenact_video")
 
@@ -224,7 +224,7 @@ def plan(out: Path, families: list[str], qualities: list[str]) -> list[Step]:
                 "blend), its own audio", swapped, as_is=True)
         if "reenact" in families:
             driven = out / "reenactments" / f"{name}_{donor}.mp4"
-            steps.append(Step(driven, reenact(test[name], test[donor])))
+            steps.append(Step(driven, face_reenact(test[name], test[donor])))
             add("reenact", name, name, f"{name} test clip, its face warped to follow {donor}'s facial motion "
                 "(landmark reenactment, feathered paste), its own audio", driven, as_is=True)
     if "lipsync" in families:

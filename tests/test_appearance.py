@@ -22,7 +22,7 @@ from expose.monitor.features.appearance import (
     AppearanceEmbedder,
     face_crop,
     load_appearance,
-    load_pair_tensors,
+    load_score_tensors,
     to_input,
 )
 from expose.monitor.features.face_id import FaceSample
@@ -86,7 +86,7 @@ def test_validation_identities_never_train_and_the_best_checkpoint_loads(
     assert meta["train"]["degrade"] == 0.5 and 0.0 <= meta["val"]["val_auc_degraded"] <= 1.0
     # the DiffFake pair model, fitted on the training identities' real pairs, is in the same file
     assert meta["pair_model"]["k"] == 3 and 0.0 <= meta["pair_model"]["val_pair_auc"] <= 1.0
-    pair = PairModel.from_tensors(load_pair_tensors(out))
+    pair = PairModel.from_tensors(load_score_tensors(out))
     emb = AppearanceEmbedder(out).embed([FaceSample(f.image, f.landmarks) for f in faces[:4]])
     assert pair.distance(emb[:2], emb[2:]).shape == (2,)
     # every validation point is a real crop and its pseudo-fake: an AUC exists

@@ -20,7 +20,13 @@ import torch
 
 from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import AssetError, ConfigError, ModelFileError
-from expose.monitor.features.appearance import AppearanceConfig, AppearanceEmbedder, AppearanceNet, save_appearance
+from expose.monitor.features.appearance import (
+    AppearanceConfig,
+    AppearanceEmbedder,
+    AppearanceNet,
+    load_appearance,
+    save_appearance,
+)
 from expose.monitor.features.expressions import ExpressionExtractor
 from expose.monitor.features.extract import extract_track, extractor_version
 from expose.monitor.features.face_id import sample_faces
@@ -30,7 +36,7 @@ from expose.monitor.features.stream import LiveFeatureSettings, StreamFeaturizer
 from expose.monitor.features.track import FeatureTrack
 from expose.monitor.features.windows import Window, windows_of
 from expose.monitor.media.reader import MediaReader
-from expose.monitor.model.difffake import PairModel, same_identity_pairs
+from expose.monitor.model.difffake import HeadScore, PairModel, appearance_score, same_identity_pairs
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import Scorer
 from expose.monitor.model.verification import (
@@ -78,14 +84,15 @@ def tracks(cfg: FeatureConfig, clip: Clip, face_model: Path) -> dict[str, Featur
     return {k: extract_track(clip(v), cfg, face_model) for k, v in {"own": CLIP, "other": OTHER}.items()}
 
 
-def _decision(weights: Path) -> Decision:
-    """The shipped decision with the appearance term added (its pair model from ``weights``)."""
-    from expose.monitor.features.appearance import load_pair_tensors
+def _decision(weights: Path, kind: str = "pair") -> Decision:
+    """The shipped decision with the appearance term added (its score, by ``kind``, from ``weights``)."""
+    from expose.monitor.features.appearance import load_score_tensors
 
     d = load_decision(STARTER_DECISION)
     spec = d.spec.model_copy(update={"terms": {**d.spec.terms, "appearance": TermStats(mean=0.0, sd=1.0)},
-                                     "appearance_sha256": sha256_file(weights)})
-    return Decision(spec, d.face_cohort, d.voice_cohort, pair=PairModel.from_tensors(load_pair_tensors(weights)))
+                                     "appearance_sha256": sha256_file(weights), "appearance_score": kind})
+    return Decision(spec, d.face_cohort, d.voice_cohort,
+                    appearance=appearance_score(kind, load_score_tensors(weights)))
 
 
 def test_tracks_carry_one_appearance_embedding_per_face_descriptor(
@@ -167,19 +174,21 @@ def test_the_decision_fuses_the_appearance_term_and_names_it(
     d = _decision(weights)
     d.save(tmp_path / "d.safetensors")
     back = load_decision(tmp_path / "d.safetensors")
-    assert back.pair is not None and back.spec.appearance_sha256 == sha256_file(weights)
-    np.testing.assert_array_equal(back.pair.means, d.pair.means if d.pair else None)
+    assert isinstance(back.appearance, PairModel) and isinstance(d.appearance, PairModel)
+    assert back.spec.appearance_sha256 == sha256_file(weights)
+    np.testing.assert_array_equal(back.appearance.means, d.appearance.means)
     # the term: the pair model's mean NLL over the window's faces and the references
     t = tracks["own"]
     refs = identity_references([(t, len(t))], EnrollConfig())
     w = tracks["other"].window(0, WINDOW)
-    value = appearance_term(w, refs, back.pair)
-    assert value is not None and value == pytest.approx(float(back.pair.distance(refs.appearance, w.appearance).mean()))
+    value = appearance_term(w, refs, back.appearance)
+    assert value is not None and value == pytest.approx(
+        float(back.appearance.distance(refs.appearance, w.appearance).mean()))
     # too few faces, or no appearance on either side: no term, never a "genuine" zero
     assert appearance_term(dataclasses.replace(w, face_ids=w.face_ids[:1], face_id_rows=w.face_id_rows[:1],
-                                               appearance=w.appearance[:1]), refs, back.pair) is None
+                                               appearance=w.appearance[:1]), refs, back.appearance) is None
     off = dataclasses.replace(w, appearance=np.zeros((len(w.face_ids), 0), np.float32))
-    assert appearance_term(off, refs, back.pair) is None
+    assert appearance_term(off, refs, back.appearance) is None
     # a window whose appearance stands out drives the decision, with its own explanation
     fused = back.fuse({"identity": 0.0, "sync": 0.0, "face": 0.0, "voice": 0.0, "appearance": 50.0})
     assert fused.driver == "appearance" and explain(fused.driver) == "face looks manipulated"
@@ -198,7 +207,33 @@ def test_the_scorer_computes_the_term_for_an_enrolled_profile(tracks: dict[str, 
     assert scores
     for s, w in zip(scores, ws, strict=False):
         assert s.appearance is not None and "appearance" in s.terms
-        assert s.appearance == pytest.approx(appearance_term(w, refs, d.pair) if d.pair else None)
+        assert d.appearance is not None and s.appearance == pytest.approx(appearance_term(w, refs, d.appearance))
+
+
+@pytest.mark.parametrize("kind", ["head", "head_centred"])
+def test_the_head_scores_read_the_networks_own_logit(
+        tracks: dict[str, FeatureTrack], weights: Path, tmp_path: Path, kind: str) -> None:
+    """The head scores are the network's real-vs-blended logit on the very embeddings the
+    windows carry (its head is linear on them); centred, less the references' mean logit. The
+    decision stores the head and reloads it as the same kind."""
+    d = _decision(weights, kind)
+    d.save(tmp_path / "d.safetensors")
+    back = load_decision(tmp_path / "d.safetensors")
+    assert isinstance(back.appearance, HeadScore) and back.appearance.kind == kind == back.spec.appearance_score
+    t = tracks["own"]
+    refs = identity_references([(t, len(t))], EnrollConfig())
+    w = tracks["other"].window(0, WINDOW)
+    net, _ = load_appearance(weights)
+    with torch.no_grad():  # the network's own head on the carried embeddings
+        logit = net.head(torch.from_numpy(w.appearance)).numpy()[:, 0].astype(np.float64)
+        ref_logit = net.head(torch.from_numpy(refs.appearance)).numpy()[:, 0].astype(np.float64)
+    want = logit.mean() - (ref_logit.mean() if kind == "head_centred" else 0.0)
+    value = appearance_term(w, refs, back.appearance)
+    assert value == pytest.approx(want, rel=1e-4, abs=1e-4)
+    if kind == "head_centred":  # the references score zero against themselves
+        assert float(back.appearance.distance(refs.appearance, refs.appearance).mean()) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown appearance score"):
+        appearance_score("mean", {})
 
 
 def test_a_decision_with_the_term_needs_its_weights(weights: Path, cfg: FeatureConfig, tmp_path: Path) -> None:
@@ -217,8 +252,11 @@ def test_a_decision_with_the_term_needs_its_weights(weights: Path, cfg: FeatureC
         IdentityEmbedders.from_config(cfg.model_copy(update={"face_id_every": 0}))
     # a decision file that names the term but lacks the pair model is refused in one line
     spec = d.spec.model_copy(update={"appearance_sha256": None})
-    with pytest.raises(ValueError, match="pair model"):
-        Decision(spec, d.face_cohort, d.voice_cohort, pair=d.pair)
+    with pytest.raises(ValueError, match="needs its score"):
+        Decision(spec, d.face_cohort, d.voice_cohort, appearance=d.appearance)
+    with pytest.raises(ValueError, match="spec says head"):  # a score of another kind than the spec names
+        Decision(d.spec.model_copy(update={"appearance_score": "head"}), d.face_cohort, d.voice_cohort,
+                 appearance=d.appearance)
     d.save(tmp_path / "d.safetensors")
     from safetensors.numpy import load_file, save_file
 
@@ -235,12 +273,12 @@ def test_a_decision_with_the_term_needs_its_weights(weights: Path, cfg: FeatureC
 def test_the_shipped_weights_load_with_their_pair_model(feature_config: FeatureConfig) -> None:
     """``appearance_model = "auto"`` is the shipped file: a network, its training record and the
     pair model fitted after training (monitor/assets/APPEARANCE_CARD.md)."""
-    from expose.monitor.features.appearance import load_pair_tensors
+    from expose.monitor.features.appearance import load_score_tensors
     from expose.monitor.features.identity import STARTER_APPEARANCE, appearance_weights
 
     path = appearance_weights(feature_config.model_copy(update={"appearance_model": "auto"}))
     assert path == STARTER_APPEARANCE and path.stat().st_size < 10_000_000
     emb = AppearanceEmbedder(path)
-    pair = PairModel.from_tensors(load_pair_tensors(path))
+    pair = PairModel.from_tensors(load_score_tensors(path))
     assert pair.means.shape[1] == emb.dim and emb.meta  # the training record is in the header
     assert appearance_weights(feature_config) is None  # the default is off

@@ -357,7 +357,7 @@ def enroll(
     if base.decision is not None and not faces:
         err_console.print("[yellow]warning[/]: no face descriptor in the reference: the face term is off for this "
                           "profile")
-    if base.decision is not None and base.decision.pair is not None and not len(profile.identity.appearance):
+    if base.decision is not None and base.decision.appearance is not None and not len(profile.identity.appearance):
         err_console.print("[yellow]warning[/]: no appearance embedding in the reference: the appearance term is off "
                           "for this profile")
     if base.decision is not None and not voices:

@@ -145,13 +145,14 @@ def load_appearance(path: Path) -> tuple[AppearanceNet, dict[str, Any]]:
     return net.eval(), meta
 
 
-def load_pair_tensors(path: Path) -> dict[str, np.ndarray]:
-    """The ``pair.*`` tensors of an appearance weights file (the DiffFake pair model)."""
+def load_score_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The ``pair.*`` (DiffFake's pair model) and ``head.*`` (the real-vs-blended head) tensors
+    of an appearance weights file: what model/difffake.appearance_score reads."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if k.startswith("pair.")}  # noqa: SIM118
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(("pair.", "head."))}  # noqa: SIM118
     except Exception as err:  # noqa: BLE001 - one line for any unreadable file
         raise ModelFileError(f"unreadable appearance weights {path}: {str(err).strip()[:200]}") from None
 

@@ -11,11 +11,20 @@ an unusual way: the manipulation the embedding was trained to expose.
 ``PairModel`` is fitted once, on the training identities' real faces, and stored beside the
 embedding's weights (tensors ``pair.*`` in the same file); a profile's references are its
 enrolled faces' embeddings. Torch-free.
+
+``HeadScore`` is the other way to read the same embedding: the network's own real-vs-blended
+logit (its linear head, ``head.*`` in the weights file), the self-blended-image detector
+DiffFake builds on. ``head`` needs no reference; ``head_centred`` subtracts the mean logit of
+the enrolled faces, so a person or a recording whose real faces the head finds a little odd
+starts from zero (DiffFake's differential idea applied to the detector). Which of the three
+scores a decision uses is chosen on validation attacks (bench/fit_decision.py), and named in
+its spec (``DecisionSpec.appearance_score``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +49,12 @@ class PairModel:
     means: np.ndarray = field(repr=False)  # (K, D)
     variances: np.ndarray = field(repr=False)  # (K, D)
     normalise: bool = True
+
+    kind: Literal["pair"] = "pair"
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
 
     @classmethod
     def fit(cls, pristine: np.ndarray, k: int = 3, normalise: bool = True, seed: int = 0) -> PairModel:
@@ -79,6 +94,65 @@ class PairModel:
                        t["pair.variances"].astype(np.float64), bool(t["pair.normalise"][0] > 0.5))
         except KeyError as err:
             raise ModelFileError(f"the appearance weights hold no pair model ({err.args[0]} missing)") from None
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    """The embedding network's real-vs-blended logit w.e + b per face (> 0: looks blended),
+    optionally minus the mean logit of the references (``centred``)."""
+
+    weight: np.ndarray = field(repr=False)  # (D,)
+    bias: float = 0.0
+    centred: bool = False
+
+    @property
+    def dim(self) -> int:
+        return len(self.weight)
+
+    @property
+    def kind(self) -> Literal["head", "head_centred"]:
+        return "head_centred" if self.centred else "head"
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != len(self.weight):
+            raise ValueError(f"need (N, {len(self.weight)}) embeddings, got {x.shape}")
+        return x.astype(np.float64) @ self.weight + self.bias
+
+    def distance(self, refs: np.ndarray, probes: np.ndarray) -> np.ndarray:
+        """(N,) per probe: its logit, less the references' mean logit when centred."""
+        out = self.logits(probes)
+        return out - float(self.logits(refs).mean()) if self.centred else out
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"head.weight": self.weight.astype(np.float32)[None, :],
+                "head.bias": np.array([self.bias], dtype=np.float32),
+                "head.centred": np.array([1.0 if self.centred else 0.0], dtype=np.float32)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray], centred: bool | None = None) -> HeadScore:
+        """From a weights file's ``head.*`` (``centred`` given) or a decision's (stored)."""
+        try:
+            w, b = t["head.weight"].astype(np.float64), t["head.bias"].astype(np.float64)
+            flag = bool(t["head.centred"][0] > 0.5) if centred is None else centred
+        except KeyError as err:
+            raise ModelFileError(f"the appearance weights hold no head ({err.args[0]} missing)") from None
+        if w.ndim != 2 or w.shape[0] != 1 or b.shape != (1,):
+            raise ModelFileError(f"the appearance head must be (1, D) and (1,), got {w.shape} and {b.shape}")
+        return cls(w[0], float(b[0]), flag)
+
+
+AppearanceScore = PairModel | HeadScore
+SCORE_KINDS = ("pair", "head", "head_centred")
+ScoreKind = Literal["pair", "head", "head_centred"]
+
+
+def appearance_score(kind: str, tensors: dict[str, np.ndarray]) -> AppearanceScore:
+    """The named score from an appearance weights file's tensors (``load_score_tensors``)."""
+    if kind == "pair":
+        return PairModel.from_tensors(tensors)
+    if kind in ("head", "head_centred"):
+        return HeadScore.from_tensors(tensors, centred=kind == "head_centred")
+    raise ValueError(f"unknown appearance score {kind!r}; known: {', '.join(SCORE_KINDS)}")
 
 
 def same_identity_pairs(embeddings: np.ndarray, identities: list[str], per_face: int, seed: int,

@@ -204,8 +204,8 @@ class Scorer:
                     if refs is not None:
                         face = face_term(w, refs, self.decision.face_cohort, self.decision.spec.min_faces)
                         voice = voice_term(w, refs, self.decision.voice_cohort)
-                        if self.decision.pair is not None:
-                            app = appearance_term(w, refs, self.decision.pair, self.decision.spec.min_faces)
+                        if self.decision.appearance is not None:
+                            app = appearance_term(w, refs, self.decision.appearance, self.decision.spec.min_faces)
                     fused = self.decision.fuse_terms(tnorm, sync, fit, requests[i].fit_centre,
                                                      face.tnorm if face else None, voice.tnorm if voice else None,
                                                      app)

@@ -10,10 +10,12 @@ Terms (each in the Score, higher = less like the claimed person):
   T-normalised against a cohort of other people's descriptor means;
 - ``voice``: cosine distance of the window's voice embedding to the enrolled voice,
   T-normalised against a cohort of other people's voices;
-- ``appearance`` (DiffFake, model/difffake.py): how unlikely the differences between the
-  window's appearance embeddings and the enrolled ones are under the pair model fitted on
-  pristine same-person pairs (mean negative log-likelihood). The pair model is a population
-  model already, so no cohort: the decision standardises it like the others. It answers "is
+- ``appearance`` (DiffFake, model/difffake.py): by the decision's ``appearance_score``, how
+  unlikely the differences between the window's appearance embeddings and the enrolled ones
+  are under the pair model fitted on pristine same-person pairs (``pair``: mean negative
+  log-likelihood), or the embedding network's real-vs-blended logit on the window's faces
+  (``head``; ``head_centred``: less the enrolled faces' mean logit). Population models
+  already, so no cohort: the decision standardises the term like the others. It answers "is
   the face real?", not "whose face?": a fake made from the person's own footage is its target.
 
 T-norm (as in speaker verification): ``(d(x, ref) - mean_c d(x, c)) / sd_c d(x, c)`` over
@@ -49,7 +51,7 @@ from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import ConfigError, ModelFileError
 from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import Window
-from expose.monitor.model.difffake import PairModel
+from expose.monitor.model.difffake import AppearanceScore, ScoreKind, appearance_score
 
 TERMS = ("identity", "sync", "fit", "face", "voice", "appearance")
 Term = Literal["identity", "sync", "fit", "face", "voice", "appearance"]
@@ -140,15 +142,17 @@ def voice_term(window: Window, refs: IdentityReferences, cohort: np.ndarray) -> 
     return VerificationTerm(raw, _tnorm(raw, others))
 
 
-def appearance_term(window: Window, refs: IdentityReferences, pair: PairModel, min_faces: int = 2) -> float | None:
-    """DiffFake: the mean over the window's faces and the enrolled references of the pair
-    model's negative log-likelihood of (reference, face). None: fewer than ``min_faces`` faces
-    with an appearance embedding, no appearance enrolled, or embeddings of another size."""
+def appearance_term(window: Window, refs: IdentityReferences, score: AppearanceScore,
+                    min_faces: int = 2) -> float | None:
+    """The mean over the window's faces of the appearance score against the enrolled
+    references (DiffFake's pair model: each face's mean negative log-likelihood over the
+    references; the head: each face's logit). None: fewer than ``min_faces`` faces with an
+    appearance embedding, no appearance enrolled, or embeddings of another size."""
     x, r = window.appearance, refs.appearance
     if len(r) == 0 or x.shape[1] == 0 or len(x) < max(min_faces, 1) or x.shape[1] != r.shape[1] \
-            or r.shape[1] != pair.means.shape[1]:
+            or r.shape[1] != score.dim:
         return None
-    return float(pair.distance(r, x).mean())
+    return float(score.distance(r, x).mean())
 
 
 class TermStats(BaseModel):
@@ -178,7 +182,10 @@ class DecisionSpec(BaseModel):
     cohort_identities: list[str] = Field(description="Corpus identities whose face and voice form the cohort.")
     appearance_sha256: str | None = Field(
         None, description="With the appearance term: the appearance weights (features.appearance_model) its "
-        "embeddings must come from; the file holds their pair model.")
+        "embeddings must come from; the file holds the score's tensors (pair model or head).")
+    appearance_score: ScoreKind = Field(
+        "pair", description="With the appearance term: pair (DiffFake's pair model), head (the network's "
+        "real-vs-blended logit) or head_centred (less the enrolled faces' mean logit).")
     validation: dict[str, object] = Field(default_factory=dict, description="What the choice was measured on.")
 
 
@@ -196,12 +203,15 @@ class Decision:
     voice_cohort: np.ndarray = field(repr=False)  # (C, 256) unit voice means
     path: Path | None = None
     sha256: str = ""
-    pair: PairModel | None = None  # DiffFake's pair model, with the appearance term
+    appearance: AppearanceScore | None = None  # the appearance term's score (spec.appearance_score)
 
     def __post_init__(self) -> None:
-        if ("appearance" in self.spec.terms) != (self.pair is not None) or \
-                (self.pair is not None) != (self.spec.appearance_sha256 is not None):
-            raise ValueError("a decision with the appearance term needs its pair model and appearance_sha256")
+        if ("appearance" in self.spec.terms) != (self.appearance is not None) or \
+                (self.appearance is not None) != (self.spec.appearance_sha256 is not None):
+            raise ValueError("a decision with the appearance term needs its score and appearance_sha256")
+        if self.appearance is not None and self.appearance.kind != self.spec.appearance_score:
+            raise ValueError(f"the decision's appearance score is {self.appearance.kind}, its spec says "
+                             f"{self.spec.appearance_score}")
 
     def fuse(self, values: Mapping[str, float | None]) -> Fused:
         """Standardise the available terms, combine them by the rule; a missing term (None) is
@@ -239,8 +249,8 @@ class Decision:
 
         tensors = {"face_cohort": self.face_cohort.astype(np.float32),
                    "voice_cohort": self.voice_cohort.astype(np.float32)}
-        if self.pair is not None:
-            tensors |= self.pair.tensors()
+        if self.appearance is not None:
+            tensors |= self.appearance.tensors()
         save_file(tensors, str(path), metadata={"format": DECISION_FORMAT, "spec": self.spec.model_dump_json()})
 
 
@@ -258,7 +268,7 @@ def load_decision(path: Path) -> Decision:
                 raise ModelFileError(f"{path}: not a decision file (format {header.get('format')!r})")
             spec = DecisionSpec.model_validate(json.loads(header["spec"]))
             face, voice = f.get_tensor("face_cohort"), f.get_tensor("voice_cohort")
-            pair_tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith("pair.")}  # noqa: SIM118
+            score_tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(("pair.", "head."))}  # noqa: SIM118
     except ModelFileError:
         raise
     except ValidationError as err:
@@ -268,16 +278,17 @@ def load_decision(path: Path) -> Decision:
         raise ModelFileError(f"{path}: unreadable decision file ({str(err).splitlines()[0]})") from None
     if face.ndim != 2 or voice.ndim != 2 or len(face) < 2 or len(voice) < 2:
         raise ModelFileError(f"{path}: cohorts must be (C >= 2, D), got {face.shape} and {voice.shape}")
-    pair = PairModel.from_tensors(pair_tensors) if spec.appearance_sha256 is not None else None
     try:
-        return Decision(spec, face, voice, path, sha256_file(path), pair)
+        score = (appearance_score(spec.appearance_score, score_tensors) if spec.appearance_sha256 is not None
+                 else None)
+        return Decision(spec, face, voice, path, sha256_file(path), score)
     except ValueError as err:
         raise ModelFileError(f"{path}: {err}") from None
 
 
 def check_appearance(decision: Decision | None, features: FeatureConfig) -> None:
     """A decision with the appearance term needs the appearance embeddings on, from the weights
-    it was fitted with (their pair model is in the decision): ConfigError (one line) if not."""
+    it was fitted with (the score's tensors are in the decision): ConfigError (one line) if not."""
     if decision is None or decision.spec.appearance_sha256 is None:
         return
     from expose.monitor.features.identity import appearance_weights
