@@ -110,9 +110,11 @@ class ScoreData(Message):
         None, description="Voice verification: distance of the window's voice to the enrolled voice, "
         "T-normalised like `face`. Null: too little speech, no voice enrolled, or no decision.")
     appearance: float | None = Field(
-        None, description="DiffFake's appearance check: how unlike real same-person pairs the differences "
-        "between the window's faces and the enrolled ones are (the pair model's mean negative log-likelihood; "
-        "higher: looks manipulated). Null: the decision has no appearance term, or too few faces.")
+        None, description="DiffFake's appearance check, by the decision's appearance score: how unlike real "
+        "same-person pairs the differences between the window's faces and the enrolled ones are (pair: the pair "
+        "model's mean negative log-likelihood), or the appearance network's real-vs-blended logit on the faces "
+        "(head; head_centred: less the enrolled faces' mean). Higher: looks manipulated. Null: the decision has "
+        "no appearance term, or too few faces.")
     terms: dict[str, float] = Field(
         default_factory=dict, description="Each fused term standardised on genuine footage from other "
         "recordings (0: typical of genuine; higher: less like the person); empty without a decision.")

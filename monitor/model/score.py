@@ -54,8 +54,8 @@ class Score:
     voice: float | None = None
     face_raw: float | None = None
     voice_raw: float | None = None
-    # DiffFake's appearance term (model/verification.appearance_term): the pair model's mean
-    # negative log-likelihood; None: off, no appearance enrolled, or too few faces
+    # DiffFake's appearance term (model/verification.appearance_term) by the decision's score
+    # (pair NLL or the head's logit); None: off, no appearance enrolled, or too few faces
     appearance: float | None = None
     # With a decision (model/verification.py): each fused term standardised on genuine
     # cross-recording validation windows, and the one that drove the distance
