@@ -2,8 +2,9 @@
 per clip, validation identities never train, the best checkpoint is written and loads, the
 embedding of a crop is deterministic and independent of its batch, resume continues the run
 it left, the compression augmentation degrades both crops of a pair alike and reproducibly,
-and bad weights or arguments fail in one line. A tiny network and a few steps: the
-quality of the shipped embedding is measured by the training run itself (model card)."""
+the occluders (glasses, hands) are drawn where they belong and on both crops of a pair, and
+bad weights or arguments fail in one line. A tiny network and a few steps: the quality of the
+shipped embedding is measured by the training run itself (model card)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ from expose.monitor.training.appearance import (
     REGION_PX,
     AppearanceTrainConfig,
     FaceRegion,
+    Occluder,
     collect_faces,
     pair_batch,
     pair_degradation,
+    pair_occluder,
     split_identities,
     train_appearance,
 )
@@ -84,6 +87,7 @@ def test_validation_identities_never_train_and_the_best_checkpoint_loads(
     assert meta["step"] == res.best_step and meta["val_identities"] == ["reagan"]
     assert meta["faces"] == {"train": 18, "val": 6}
     assert meta["train"]["degrade"] == 0.5 and 0.0 <= meta["val"]["val_auc_degraded"] <= 1.0
+    assert meta["train"]["occlude"] == 0.0 and 0.0 <= meta["val"]["val_auc_occluded"] <= 1.0  # always measured
     # the DiffFake pair model, fitted on the training identities' real pairs, is in the same file
     assert meta["pair_model"]["k"] == 3 and 0.0 <= meta["pair_model"]["val_pair_auc"] <= 1.0
     pair = PairModel.from_tensors(load_score_tensors(out))
@@ -150,6 +154,41 @@ def test_degradation_is_the_same_for_both_crops_of_a_pair_and_reproducible(faces
     assert 150 < kept < 250
     with pytest.raises(ValueError, match="degrade is a probability"):
         AppearanceTrainConfig(degrade=1.5)
+
+
+def test_occluders_cover_the_eyes_or_the_lower_face_of_both_crops_of_a_pair(faces: list[FaceRegion]) -> None:
+    f = faces[3]
+    eyes = f.landmarks[[33, 133, 159, 145, 362, 263, 386, 374]]
+    span = float(np.linalg.norm(eyes[4:].mean(axis=0) - eyes[:4].mean(axis=0)))
+    for kind, near in (("glasses", eyes), ("blob", f.landmarks[[61, 291, 152]])):
+        occ = Occluder(kind, (200, 30, 30), 1.0, 1.0, seed=5)
+        out = occ.apply(f.image, f.landmarks)
+        assert out.shape == f.image.shape and out.dtype == np.uint8
+        changed = np.argwhere(np.abs(out.astype(int) - f.image.astype(int)).max(axis=2) > 0)[:, ::-1]  # (x, y)
+        assert len(changed) > 0.05 * span**2, kind  # it covers something
+        # every changed pixel lies near what it occludes: the eyes, or the mouth and chin
+        dist = np.linalg.norm(changed[:, None, :] - near[None, :, :], axis=2).min(axis=1)
+        assert dist.max() < 2.2 * span, (kind, dist.max() / span)
+        assert np.array_equal(occ.apply(f.image, f.landmarks), out)  # deterministic
+    sbi, seed, idx = SBIConfig(), 11, np.array([1, 9, 17])
+    plain, _ = pair_batch(faces, idx, seed, TINY, sbi)
+    assert torch.equal(pair_batch(faces, idx, seed, TINY, sbi, occlude=0.0)[0], plain)
+    occluded, labels = pair_batch(faces, idx, seed, TINY, sbi, occlude=1.0)
+    assert torch.equal(pair_batch(faces, idx, seed, TINY, sbi, occlude=1.0)[0], occluded)  # from the seed alone
+    for j, i in enumerate(idx):
+        g = faces[int(i)]
+        o = pair_occluder(seed, j, 1.0)
+        assert o is not None
+        image = o.apply(g.image, g.landmarks)  # the pseudo-fake is made from the occluded face
+        fake = self_blend(image, g.landmarks, np.random.default_rng([seed, j]), sbi).image
+        assert torch.equal(occluded[2 * j], to_input(face_crop(image, g.landmarks, TINY.size, TINY.margin)[None])[0])
+        assert torch.equal(occluded[2 * j + 1],
+                           to_input(face_crop(fake, g.landmarks, TINY.size, TINY.margin)[None])[0])
+        assert not torch.equal(occluded[2 * j], plain[2 * j]) and labels[2 * j] == 0 and labels[2 * j + 1] == 1
+    kinds = [o.kind for j in range(300) if (o := pair_occluder(seed, j, 0.5)) is not None]
+    assert 100 < len(kinds) < 200 and {"glasses", "blob"} == set(kinds)
+    with pytest.raises(ValueError, match="occlude is a probability"):
+        AppearanceTrainConfig(occlude=-0.1)
 
 
 def test_bad_weights_and_arguments_fail_in_one_line(tmp_path: Path, clip: Clip) -> None:

@@ -231,6 +231,9 @@ def train_appearance(
     degrade: Annotated[float, typer.Option(
         help="Probability that a training pair (real crop and its pseudo-fake alike) is downscaled and "
              "JPEG re-encoded, as a low-bitrate stream would; 0 disables. Validation is never degraded.")] = 0.5,
+    occlude: Annotated[float, typer.Option(
+        help="Probability that a training face wears an occluder (tinted glasses, a hand or a microphone) in "
+             "its real crop and its pseudo-fake alike, so occluder edges are not read as blends; 0 disables.")] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .state.safetensors if present.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -256,16 +259,18 @@ def train_appearance(
     items = [i for i in items if i.identity not in drop]
     if not items:
         raise ExposeError("no media left to train on")
-    if not 0.0 <= degrade <= 1.0:
-        raise ExposeError(f"--degrade is a probability in [0, 1], got {degrade}")
+    for flag, p in (("--degrade", degrade), ("--occlude", occlude)):
+        if not 0.0 <= p <= 1.0:
+            raise ExposeError(f"{flag} is a probability in [0, 1], got {p}")
     with Progress(TextColumn("[bold]faces"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("faces", total=len(items))
         faces = collect_faces(items, face_model, per_clip, stride, cfg.cache_dir, on_item=lambda _: bar.advance(task))
     tcfg = AppearanceTrainConfig(steps=steps, batch=batch, lr=lr, eval_every=eval_every, patience=patience,
-                                 seed=seed, device=device, degrade=degrade)
+                                 seed=seed, device=device, degrade=degrade, occlude=occlude)
     with _training_progress(steps, lambda e: f"loss {e['val_loss']:.4f} auc {e['val_auc']:.3f} "
-                                             f"degraded {e['val_auc_degraded']:.3f}") as on_step:
+                                             f"degraded {e['val_auc_degraded']:.3f} "
+                                             f"occluded {e['val_auc_occluded']:.3f}") as on_step:
         try:
             res = run_training(faces, out, AppearanceConfig(size=size), tcfg, val_identities=val or None,
                                resume=resume, on_step=on_step)
