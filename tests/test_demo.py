@@ -24,7 +24,7 @@ def test_demo_dub_alerts_and_genuine_stays_authentic(face_model: Path, run_cli: 
     proc = run_cli("demo", "--seconds", str(SECONDS), "--port", "0", "--json", "--profiles", tmp_path / "profiles",
                    timeout=SECONDS + 240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(proc.stdout)  # --json: stdout is the one object (the banner goes to stderr)
     streams = summary["streams"]
     genuine, dubbed = streams[GENUINE_STREAM], streams[DUBBED_STREAM]
     assert dubbed["alerts"], f"the dub raised no alert: {dubbed}"
@@ -33,7 +33,7 @@ def test_demo_dub_alerts_and_genuine_stays_authentic(face_model: Path, run_cli: 
     assert genuine["state"] == "authentic"
     assert genuine["windows"] >= 10 and dubbed["windows"] >= 10  # both streams played a loop at least
     assert summary["as_expected"] is True
-    assert "dashboard: http://127.0.0.1:" in proc.stdout
+    assert "dashboard: http://127.0.0.1:" in proc.stderr
     assert (tmp_path / "profiles" / "grid_s1" / "profile.json").is_file()
 
 

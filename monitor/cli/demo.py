@@ -245,15 +245,16 @@ def demo(
             raise ExposeError(f"cannot listen on {srv.host}:{srv.port} ({err.strerror})") from None
         shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::") else srv.host
         base = f"{'https' if service.tls else 'http'}://{shown}:{sock.getsockname()[1]}"
-        out.print(f"expose demo on {base}: streams {GENUINE_STREAM!r} ({escape(GENUINE.name)}) and "
+        say = err_console if as_json else out  # with --json, stdout holds the one JSON object only
+        say.print(f"expose demo on {base}: streams {GENUINE_STREAM!r} ({escape(GENUINE.name)}) and "
                   f"{DUBBED_STREAM!r} (its video, {escape(VOICE.name)}'s voice), both claimed as {PROFILE!r}",
                   highlight=False, soft_wrap=True)
         token = service.token
         if token.generated:
-            out.print(f"dashboard: {base}/dashboard/?token={token.value}", soft_wrap=True)
+            say.print(f"dashboard: {base}/dashboard/?token={token.value}", soft_wrap=True)
         else:
-            out.print(f"dashboard: {base}/dashboard/  (token: server.token / EXPOSE_TOKEN)", soft_wrap=True)
-        out.print("Ctrl-C to stop" if seconds is None else f"stopping after {seconds:g} s", style="dim")
+            say.print(f"dashboard: {base}/dashboard/  (token: server.token / EXPOSE_TOKEN)", soft_wrap=True)
+        say.print("Ctrl-C to stop" if seconds is None else f"stopping after {seconds:g} s", style="dim")
         server = uvicorn_server(service.app, srv.host, sock.getsockname()[1], service.tls)
         try:
             rows = asyncio.run(_serve_for(server, sock, service.monitor, seconds))
