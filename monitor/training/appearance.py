@@ -167,20 +167,18 @@ class Occluder:
         if self.kind == "glasses":
             angle = float(np.degrees(np.arctan2(*(eyes[1] - eyes[0])[::-1])))
             axes = (max(2, round(0.5 * span * self.size)), max(2, round(0.36 * span * self.size)))
-            for c in eyes:
-                centre = (round(float(c[0])), round(float(c[1])))
+            centres = [(round(float(c[0])), round(float(c[1]))) for c in eyes]
+            for centre in centres:
                 cv2.ellipse(mask, centre, axes, angle, 0, 360, 255, -1)
             layer[mask > 0] = self.colour
             frame = max(1, round(span * 0.04))
-            for c in eyes:
-                cv2.ellipse(layer, (round(float(c[0])), round(float(c[1]))), axes, angle, 0, 360, (20, 20, 20), frame)
             inner = [e + (o - e) * 0.5 * self.size for e, o in ((eyes[0], eyes[1]), (eyes[1], eyes[0]))]
-            cv2.line(layer, tuple(round(float(v)) for v in inner[0]), tuple(round(float(v)) for v in inner[1]),
-                     (20, 20, 20), frame)
-            cv2.ellipse(mask, (round(float(eyes[0][0])), round(float(eyes[0][1]))), axes, angle, 0, 360, 255, frame)
-            cv2.ellipse(mask, (round(float(eyes[1][0])), round(float(eyes[1][1]))), axes, angle, 0, 360, 255, frame)
-            cv2.line(mask, tuple(round(float(v)) for v in inner[0]), tuple(round(float(v)) for v in inner[1]), 255,
-                     frame)
+            bridge = [(round(float(v[0])), round(float(v[1]))) for v in inner]
+            # the dark frame and bridge, on the picture and (opaque) in the mask
+            for target, ink in ((layer, (20, 20, 20)), (mask, 255)):
+                for centre in centres:
+                    cv2.ellipse(target, centre, axes, angle, 0, 360, ink, frame)
+                cv2.line(target, bridge[0], bridge[1], ink, frame)
         else:
             rng = np.random.default_rng(self.seed)
             anchor = landmarks[list(_MOUTH)].mean(axis=0) if rng.random() < 0.6 else landmarks[_CHIN]
