@@ -58,7 +58,9 @@ class RunningServer:
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify)
+        # keep-alive under uvicorn's 5 s (see publish_whip)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify,
+                            limits=httpx.Limits(keepalive_expiry=2))
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop (to look at monitor state from a test)."""
@@ -134,7 +136,10 @@ async def publish_whip(url: str, media: Path, *, token: str | None = TOKEN, seco
     await pc.setLocalDescription(await pc.createOffer())
     msgs: list[dict[str, Any]] = []
     try:
-        async with httpx.AsyncClient(timeout=30, verify=True if ssl_context is None else ssl_context) as http:
+        # keep-alive shorter than uvicorn's 5 s: the DELETE after a long wait must not race the
+        # server closing the idle POST connection (httpx.ReadError, seen once in CI)
+        async with httpx.AsyncClient(timeout=30, verify=True if ssl_context is None else ssl_context,
+                                     limits=httpx.Limits(keepalive_expiry=2)) as http:
             headers = {"Content-Type": "application/sdp"} | ({"Authorization": f"Bearer {token}"} if token else {})
             r = await http.post(url, content=pc.localDescription.sdp, headers=headers)
             if r.status_code != 201:
