@@ -86,7 +86,8 @@ class FeatureConfig(_Strict):
         description="DiffFake's appearance embedding (is the face real?), computed on the same faces as "
         "the face descriptors: none (off), auto (the weights shipped with expose: "
         "monitor/assets/APPEARANCE_CARD.md), or a weights file from `expose train-appearance`. A decision "
-        "with the appearance term needs it on, with the weights it was fitted with.",
+        "with the appearance term needs it on, with the weights it was fitted with; model.decision auto "
+        "takes the shipped one with the term when this is auto.",
     )
     voice_model: Path | None = Field(
         None,
@@ -119,7 +120,9 @@ class ModelSection(_Strict):
         "none",
         description="How the score's terms are fused: none (the motion distance alone; the default this "
         "release, see the README), auto (face and voice verification, cohort normalisation and the fused, "
-        "explained decision shipped for the starter model; none for other models), or a decision file's path "
+        "explained decision shipped for the starter model; with features.appearance_model on the shipped "
+        "appearance weights, the shipped decision that adds DiffFake's appearance term; none for other "
+        "models), or a decision file's path "
         "(bench/fit_decision.py). Profiles must be enrolled with the decision they are scored with.",
     )
 

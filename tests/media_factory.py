@@ -186,3 +186,24 @@ def _encode_video(out: av.container.OutputContainer, stream: av.video.stream.Vid
             out.mux(packet)
     for packet in stream.encode(None):
         out.mux(packet)
+
+
+def face_swapped(target: Path, donor: Path, dest: Path, face_model: Path, seconds: float) -> Path:
+    """The first ``seconds`` of ``target`` with ``donor``'s face swapped in by the dev
+    evaluation's landmark swap (bench/face_swap.py: triangle warp, Lab colour match, Poisson
+    blend), ``target``'s audio kept: a face-swap impersonation by the person in ``target``."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from face_swap import swap_video
+
+    def ffmpeg(*args: str | Path) -> None:
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True, timeout=120)
+
+    cut, silent = dest.with_name(dest.stem + ".cut.mp4"), dest.with_name(dest.stem + ".video.mp4")
+    ffmpeg("-i", target, "-t", f"{seconds}", "-c", "copy", cut)  # stream copies: no extra generation
+    if swap_video(cut, donor, silent, face_model) == 0:
+        raise RuntimeError(f"no face swapped into {target}")
+    ffmpeg("-i", silent, "-i", cut, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "copy", "-shortest", dest)
+    return dest

@@ -40,6 +40,7 @@ from expose.monitor.model.difffake import HeadScore, PairModel, appearance_score
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.scorer import Scorer
 from expose.monitor.model.verification import (
+    STARTER_APPEARANCE_DECISION,
     STARTER_DECISION,
     Decision,
     TermStats,
@@ -282,3 +283,29 @@ def test_the_shipped_weights_load_with_their_pair_model(feature_config: FeatureC
     pair = PairModel.from_tensors(load_score_tensors(path))
     assert pair.means.shape[1] == emb.dim and emb.meta  # the training record is in the header
     assert appearance_weights(feature_config) is None  # the default is off
+
+
+@pytest.mark.skipif(not STARTER_APPEARANCE_DECISION.is_file(), reason="no shipped decision with the appearance term")
+def test_auto_takes_the_appearance_decision_with_the_shipped_weights_only(
+        feature_config: FeatureConfig, cfg: FeatureConfig) -> None:
+    """``model.decision = "auto"`` with ``features.appearance_model = "auto"``: the shipped
+    decision holding the appearance term, fitted on those very weights; with the term off, or
+    with other weights (which it was not fitted on), the shipped decision without it."""
+    from expose.monitor.features.identity import appearance_weights
+
+    on = feature_config.model_copy(update={"appearance_model": "auto"})
+    with_term = load_model(STARTER_MODEL, "auto", on).decision
+    assert with_term is not None and with_term.path == STARTER_APPEARANCE_DECISION
+    assert with_term.appearance is not None and "appearance" in with_term.spec.terms
+    weights = appearance_weights(on)
+    assert weights is not None and with_term.spec.appearance_sha256 == sha256_file(weights)
+    plains = [load_model(STARTER_MODEL, "auto", f).decision for f in (feature_config, cfg)]  # off; random weights
+    for plain in plains:
+        assert plain is not None and plain.path == STARTER_DECISION and plain.appearance is None
+    plain = load_decision(STARTER_DECISION)
+    # the same cohorts (to float32 rounding: the voice means were summed in another order)
+    np.testing.assert_allclose(with_term.face_cohort, plain.face_cohort, atol=1e-6)
+    np.testing.assert_allclose(with_term.voice_cohort, plain.voice_cohort, atol=1e-6)
+    # named by its path without the weights on: one line saying what to set
+    with pytest.raises(ConfigError, match="features.appearance_model"):
+        load_model(STARTER_MODEL, STARTER_APPEARANCE_DECISION, feature_config)

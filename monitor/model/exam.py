@@ -32,7 +32,7 @@ from expose.monitor.features.face_model import sha256_file
 from expose.monitor.features.windows import AUDIO_DIM
 from expose.monitor.model.diffusion import add_noise, timestep_embedding
 from expose.monitor.model.score import FusionWeights
-from expose.monitor.model.verification import Decision, check_appearance, resolve_decision
+from expose.monitor.model.verification import Decision, appearance_digest, check_appearance, resolve_decision
 
 CHECKPOINT_FORMAT = "expose-exam-1"
 N_MEL_FEATURES = MELS_PER_FRAME * N_MELS
@@ -187,7 +187,8 @@ class LoadedModel:
 
 def load_model(path: Path, decision: str | Path = "none", features: FeatureConfig | None = None) -> LoadedModel:
     """Read a checkpoint and its decision file: ``auto`` takes the shipped decision when it
-    was made for this checkpoint (else none: the legacy motion distance), ``none`` takes
+    was made for this checkpoint (else none: the legacy motion distance), the one with the
+    appearance term when ``features`` compute the shipped appearance weights, ``none`` takes
     none, a path takes that file and fails when it was made for another checkpoint. With
     ``features``, a decision's appearance term is checked against them (check_appearance)."""
     path = Path(path)
@@ -215,7 +216,7 @@ def load_model(path: Path, decision: str | Path = "none", features: FeatureConfi
         where = ".".join(str(p) for p in first["loc"])
         raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
     digest = sha256_file(path)
-    resolved = resolve_decision(decision, digest)
+    resolved = resolve_decision(decision, digest, appearance_digest(features))
     if features is not None:
         check_appearance(resolved, features)
     return LoadedModel(model, meta, digest, path, weights, resolved)

@@ -59,6 +59,9 @@ DECISION_FORMAT = "expose-decision-1"
 # what is seen (whose face and motion) and what is heard (whose voice, does the mouth follow it)
 STARTER_CHANNELS: tuple[tuple[Term, ...], ...] = (("face", "identity"), ("voice", "sync", "fit"))
 STARTER_DECISION = Path(__file__).resolve().parents[1] / "assets" / "decision-small.safetensors"
+# the same, fitted with DiffFake's appearance term on the shipped appearance weights; ``auto``
+# takes it when features.appearance_model gives those weights (bench/fit_decision.py --appearance)
+STARTER_APPEARANCE_DECISION = STARTER_DECISION.with_name("decision-appearance-small.safetensors")
 
 # what an analyst reads when a term drives a window (and an alert) over the threshold
 EXPLANATIONS: dict[str, str] = {
@@ -286,6 +289,16 @@ def load_decision(path: Path) -> Decision:
         raise ModelFileError(f"{path}: {err}") from None
 
 
+def appearance_digest(features: FeatureConfig | None) -> str | None:
+    """The sha256 of the appearance weights ``features`` compute embeddings with (None: off)."""
+    if features is None:
+        return None
+    from expose.monitor.features.identity import appearance_weights
+
+    weights = appearance_weights(features)
+    return None if weights is None else sha256_file(weights)
+
+
 def check_appearance(decision: Decision | None, features: FeatureConfig) -> None:
     """A decision with the appearance term needs the appearance embeddings on, from the weights
     it was fitted with (the score's tensors are in the decision): ConfigError (one line) if not."""
@@ -303,16 +316,23 @@ def check_appearance(decision: Decision | None, features: FeatureConfig) -> None
                           f"not {weights} (features.appearance_model)")
 
 
-def resolve_decision(setting: str | Path, model_sha256: str) -> Decision | None:
-    """``auto``: the shipped decision if it was made for this model, else None; ``none``: None;
-    a path: that decision, which must have been made for this model."""
+def resolve_decision(setting: str | Path, model_sha256: str, appearance_sha256: str | None = None) -> Decision | None:
+    """``auto``: the shipped decision if it was made for this model, else None; with
+    ``appearance_sha256`` (the sha256 of the appearance weights the features compute) equal to
+    the weights the shipped appearance decision was fitted with, that one instead (other weights:
+    the decision without the term, which never reads them). ``none``: None; a path: that
+    decision, which must have been made for this model."""
     if str(setting) == "none":
         return None
     if str(setting) == "auto":
-        if not STARTER_DECISION.is_file():
-            return None
-        d = load_decision(STARTER_DECISION)
-        return d if d.spec.base_model_sha256 == model_sha256 else None
+        for path in (STARTER_APPEARANCE_DECISION, STARTER_DECISION):
+            if not path.is_file():
+                continue
+            d = load_decision(path)
+            if d.spec.appearance_sha256 not in (None, appearance_sha256):
+                continue
+            return d if d.spec.base_model_sha256 == model_sha256 else None
+        return None
     d = load_decision(Path(setting))
     if d.spec.base_model_sha256 != model_sha256:
         raise ModelFileError(f"{setting}: decision made for model {d.spec.base_model_sha256[:12]}, "

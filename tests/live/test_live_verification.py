@@ -10,7 +10,7 @@ the profile's own thresholds; nothing is forced.
     lip-sync term;
 (c) trump in another recording than the enrolled one (farewell_address.mp4) raises none.
 
-An alert's reasons are read once its episode has EPISODE windows (or ended): at opening it
+An alert's reasons are read once its episode has EPISODE (live_support) windows (or ended): at opening it
 has only a few (raise_k of raise_n), and which term drives a single window varies. (b) uses
 the recording of (c), on which trump's face is near the enrolled one; on clip_02.mp4, another
 recording, his face sits 1.6 spreads above the genuine mean, level with the other voice, and
@@ -18,18 +18,27 @@ the face drove the alert in 1 of 4 runs: a known weakness of the face term's sta
 
 Skipped without the decision file: without it the score is the motion distance alone and
 has no driver (test_live_detection.py covers that path). When a check fails, the message
-lists every scored window: (t1, distance, smoothed, threshold, driver, face, voice).
+lists every scored window (live_support.scored_windows).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from live_support import SPEECH_CLIP, RunningServer, live_config, publish_whip, running_server
+from live_support import (
+    SPEECH_CLIP,
+    RunningServer,
+    alert_of,
+    call_as,
+    genuine_call,
+    live_config,
+    running_server,
+    scored_windows,
+    until_episode,
+)
 from media_factory import dub_remux
 
 from expose.monitor.config import STARTER_MODEL, AlertSection
@@ -51,7 +60,6 @@ IMPOSTOR = "real/tedlieu/speech_01.mp4"
 OTHER_VOICE = "real/vox_7414/clip_02.mp4"
 GENUINE = "real/trump/farewell_address.mp4"  # 20 s
 GENUINE_S = 20.0
-EPISODE = 10  # windows of an alert episode its reasons are read after
 
 
 @pytest.fixture(scope="module")
@@ -74,42 +82,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Cli
         yield srv
 
 
-def _opened(stream: str) -> Any:
-    def done(ms: list[dict[str, Any]]) -> bool:
-        return any(m["type"] == "alert" and m["stream"] == stream and m["action"] == "opened" for m in ms)
-    return done
-
-
-def _episode(stream: str) -> Any:
-    def done(ms: list[dict[str, Any]]) -> bool:
-        return any(m["type"] == "alert" and m["stream"] == stream
-                   and (m["alert"]["n_windows"] >= EPISODE or m["action"] == "ended") for m in ms)
-    return done
-
-
-def _windows(msgs: list[dict[str, Any]], stream: str) -> list[tuple[Any, ...]]:
-    """Every scored window of ``stream``, for failure messages."""
-    def r(v: float | None) -> float | None:
-        return None if v is None else round(v, 2)
-    return [(r(m["t1"]), r(m["distance"]), r(m["smoothed"]), r(m["threshold"]), m["driver"], r(m["face"]),
-             r(m["voice"])) for m in msgs if m["type"] == "score" and m["stream"] == stream and m["status"] == "scored"]
-
-
-def _call(srv: RunningServer, stream: str, media: Path, until: Any, seconds: float) -> list[dict[str, Any]]:
-    code, headers, msgs = asyncio.run(publish_whip(f"{srv.url}/whip/{stream}?profile=trump", media, until=until,
-                                                   ws_url=srv.ws_url, seconds=seconds))
-    assert code == 201, headers
-    return msgs
-
-
 def _alert(msgs: list[dict[str, Any]], stream: str) -> dict[str, Any]:
-    """The alert opened on ``stream`` as last reported (its reasons so far), checked against the
-    windows that led to it."""
-    assert _opened(stream)(msgs), _windows(msgs, stream)
-    alert: dict[str, Any] = [m["alert"] for m in msgs if m["type"] == "alert" and m["stream"] == stream][-1]
-    assert alert["profile"] == "trump" and alert["peak_distance"] > alert["threshold"]
-    assert sum(alert["reasons"].values()) == alert["n_windows"], alert  # every window has a driver
-    return alert
+    return alert_of(msgs, stream, "trump")
 
 
 def _top(reasons: dict[str, int]) -> str:
@@ -117,9 +91,9 @@ def _top(reasons: dict[str, int]) -> str:
 
 
 def test_an_impostor_claiming_the_profile_raises_a_face_alert(server: RunningServer, clip: Clip) -> None:
-    msgs = _call(server, "impostor", clip(IMPOSTOR), _episode("impostor"), seconds=60)
+    msgs = call_as(server, "impostor", "trump", clip(IMPOSTOR), until_episode("impostor"), seconds=60)
     alert = _alert(msgs, "impostor")
-    assert _top(alert["reasons"]) == "face", (alert["reasons"], _windows(msgs, "impostor"))
+    assert _top(alert["reasons"]) == "face", (alert["reasons"], scored_windows(msgs, "impostor"))
     assert alert["explanation"] == "face does not match the enrolled person"
 
 
@@ -131,23 +105,11 @@ def test_an_impostor_claiming_the_profile_raises_a_face_alert(server: RunningSer
 def test_the_persons_video_with_another_voice_raises_a_voice_or_sync_alert(
         server: RunningServer, clip: Clip, tmp_path: Path) -> None:
     dubbed = dub_remux(clip(GENUINE), clip(OTHER_VOICE), tmp_path / "trump_with_another_voice.mp4", repeat=2)
-    msgs = _call(server, "dubbed", dubbed, _episode("dubbed"), seconds=90)
+    msgs = call_as(server, "dubbed", "trump", dubbed, until_episode("dubbed"), seconds=90)
     alert = _alert(msgs, "dubbed")
-    assert _top(alert["reasons"]) in ("voice", "sync"), (alert["reasons"], _windows(msgs, "dubbed"))
+    assert _top(alert["reasons"]) in ("voice", "sync"), (alert["reasons"], scored_windows(msgs, "dubbed"))
     assert alert["explanation"] in ("voice does not match the enrolled person", "mouth does not follow the audio")
 
 
 def test_the_person_in_another_recording_stays_authentic(server: RunningServer, clip: Clip) -> None:
-    def done(ms: list[dict[str, Any]]) -> bool:  # the clip's last window, or an alert
-        return _opened("genuine")(ms) or any(m["type"] == "score" and m["stream"] == "genuine"
-                                             and m["t1"] >= GENUINE_S - 2.0 for m in ms)
-
-    msgs = _call(server, "genuine", clip(GENUINE), done, seconds=GENUINE_S + 40)
-    windows = _windows(msgs, "genuine")
-    # The clip has 18 windows. Under load some are skipped (frames decoded from late packets
-    # leave too few faces: "face on 55% of frames" in one CI run, 9 scored); a third scored
-    # still shows the call was watched and judged.
-    assert len(windows) >= 6, [m.get("reason") for m in msgs if m["type"] == "score"]
-    assert not any(m["type"] == "alert" and m["stream"] == "genuine" for m in msgs), windows
-    states = [m["state"] for m in msgs if m["type"] == "score" and m["stream"] == "genuine" and m["status"] == "scored"]
-    assert all(st == "authentic" for st in states), windows
+    genuine_call(server, "genuine", "trump", clip(GENUINE), GENUINE_S)
