@@ -216,9 +216,10 @@ def load_model(path: Path, decision: str | Path = "none", features: FeatureConfi
         where = ".".join(str(p) for p in first["loc"])
         raise ModelFileError(f"{path}: invalid score_weights.{where}: {first['msg']}") from None
     digest = sha256_file(path)
-    resolved = resolve_decision(decision, digest, appearance_digest(features))
+    app_digest = appearance_digest(features)  # hashed once: picks the auto decision, checks the one resolved
+    resolved = resolve_decision(decision, digest, app_digest)
     if features is not None:
-        check_appearance(resolved, features)
+        check_appearance(resolved, features, app_digest)
     return LoadedModel(model, meta, digest, path, weights, resolved)
 
 

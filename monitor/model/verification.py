@@ -299,9 +299,10 @@ def appearance_digest(features: FeatureConfig | None) -> str | None:
     return None if weights is None else sha256_file(weights)
 
 
-def check_appearance(decision: Decision | None, features: FeatureConfig) -> None:
+def check_appearance(decision: Decision | None, features: FeatureConfig, weights_sha256: str | None = None) -> None:
     """A decision with the appearance term needs the appearance embeddings on, from the weights
-    it was fitted with (the score's tensors are in the decision): ConfigError (one line) if not."""
+    it was fitted with (the score's tensors are in the decision): ConfigError (one line) if not.
+    ``weights_sha256``: appearance_digest(features), when the caller has it already."""
     if decision is None or decision.spec.appearance_sha256 is None:
         return
     from expose.monitor.features.identity import appearance_weights
@@ -311,7 +312,7 @@ def check_appearance(decision: Decision | None, features: FeatureConfig) -> None
     if weights is None:
         raise ConfigError(f"the decision {decision.path} has the appearance term: set features.appearance_model "
                           f"(auto, or the weights with sha256 {want[:12]})")
-    if sha256_file(weights) != want:
+    if (weights_sha256 or sha256_file(weights)) != want:
         raise ConfigError(f"the decision {decision.path} was fitted with appearance weights {want[:12]}, "
                           f"not {weights} (features.appearance_model)")
 
