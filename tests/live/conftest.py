@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
-from live_support import SPEECH_CLIP
+from live_support import SPEECH_CLIP, enroll_into
 
 from expose.monitor.config import STARTER_MODEL
 from expose.monitor.model.exam import Exam, ModelConfig, load_model, save_model
@@ -75,9 +75,7 @@ def profiles_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, ext
 def starter_trump(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Clip) -> Path:
     root = tmp_path_factory.mktemp("starter-profiles")
     path = clip(SPEECH_CLIP)
-    track = extract(path)
-    ref = Reference(str(path), track.media_sha256, round(track.duration, 3), 0)
-    ProfileStore(root).save(enroll("trump", load_model(STARTER_MODEL), [(track, ref)]))
+    enroll_into(root, "trump", load_model(STARTER_MODEL), path, extract(path))
     return root
 
 

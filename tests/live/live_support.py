@@ -21,9 +21,21 @@ import websockets
 
 from expose.monitor.api.serve import Service, bind, build_service, uvicorn_server
 from expose.monitor.config import Config
+from expose.monitor.features.track import FeatureTrack
+from expose.monitor.model.exam import LoadedModel
+from expose.profiles.enroll import enroll
+from expose.profiles.store import Profile, ProfileStore, Reference
 
 SPEECH_CLIP = "real/trump/speech_01.mp4"
 TOKEN = "test-token-123"
+
+
+def enroll_into(profiles: Path, name: str, base: LoadedModel, media: Path, track: FeatureTrack) -> Profile:
+    """``name`` enrolled with ``base`` (and its decision) on ``media``'s ``track``, the default
+    EnrollConfig, saved in the store at ``profiles``; the profile as the store reads it back."""
+    ref = Reference(str(media), track.media_sha256, round(track.duration, 3), 0)
+    ProfileStore(profiles).save(enroll(name, base, [(track, ref)]))
+    return ProfileStore(profiles).load(name)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:

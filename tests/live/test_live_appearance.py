@@ -28,6 +28,7 @@ from live_support import (
     RunningServer,
     alert_of,
     call_as,
+    enroll_into,
     genuine_call,
     live_config,
     running_server,
@@ -40,8 +41,6 @@ from expose.monitor.config import STARTER_MODEL, AlertSection, FeatureConfig
 from expose.monitor.features.extract import extract_track
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.verification import STARTER_APPEARANCE_DECISION, explain
-from expose.profiles.enroll import enroll
-from expose.profiles.store import ProfileStore, Reference
 
 if TYPE_CHECKING:
     from tests.conftest import Clip
@@ -73,10 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, feature_config: FeatureConf
                     "appearance weights")
     root = tmp_path_factory.mktemp("appearance-live")
     path = clip(SPEECH_CLIP)
-    track = extract_track(path, features, face_model)
-    ProfileStore(root / "profiles").save(
-        enroll("trump", base, [(track, Reference(str(path), track.media_sha256, round(track.duration, 3), 0))]))
-    profile = ProfileStore(root / "profiles").load("trump")
+    profile = enroll_into(root / "profiles", "trump", base, path, extract_track(path, features, face_model))
     assert profile.decision_sha256 is not None and len(profile.identity.appearance), "no appearance enrolled"
     cfg = live_config(root, model={"decision": "auto"}, features={"appearance_model": "auto"},
                       alerts=AlertSection().model_dump())  # the default policy

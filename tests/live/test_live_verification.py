@@ -33,6 +33,7 @@ from live_support import (
     RunningServer,
     alert_of,
     call_as,
+    enroll_into,
     genuine_call,
     live_config,
     running_server,
@@ -44,8 +45,6 @@ from media_factory import dub_remux
 from expose.monitor.config import STARTER_MODEL, AlertSection
 from expose.monitor.model.exam import load_model
 from expose.monitor.model.verification import STARTER_DECISION
-from expose.profiles.enroll import enroll
-from expose.profiles.store import ProfileStore, Reference
 
 if TYPE_CHECKING:
     from tests.conftest import Clip, Extract
@@ -71,10 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, extract: Extract, clip: Cli
         pytest.skip(f"{STARTER_DECISION.name} was made for another model than {STARTER_MODEL.name}")
     root = tmp_path_factory.mktemp("verification")
     path = clip(SPEECH_CLIP)
-    track = extract(path)
-    ProfileStore(root / "profiles").save(
-        enroll("trump", base, [(track, Reference(str(path), track.media_sha256, round(track.duration, 3), 0))]))
-    profile = ProfileStore(root / "profiles").load("trump")
+    profile = enroll_into(root / "profiles", "trump", base, path, extract(path))
     assert profile.decision_sha256 is not None, "enrolled without the decision"
     assert len(profile.identity.face) and len(profile.identity.voice), "nothing enrolled for the face / voice terms"
     cfg = live_config(root, model={"decision": "auto"}, alerts=AlertSection().model_dump())  # the default policy
