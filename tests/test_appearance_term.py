@@ -91,6 +91,8 @@ def _decision(weights: Path, kind: str = "pair") -> Decision:
 
     d = load_decision(STARTER_DECISION)
     spec = d.spec.model_copy(update={"terms": {**d.spec.terms, "appearance": TermStats(mean=0.0, sd=1.0)},
+                                     "evidence": {**d.spec.evidence, "appearance": (1.0, 0.0)} if d.spec.evidence
+                                     else {},
                                      "appearance_sha256": sha256_file(weights), "appearance_score": kind})
     return Decision(spec, d.face_cohort, d.voice_cohort,
                     appearance=appearance_score(kind, load_score_tensors(weights)))

@@ -21,6 +21,7 @@ from expose.monitor.model.scorer import Scorer
 from expose.monitor.model.verification import (
     STARTER_DECISION,
     Decision,
+    DecisionSpec,
     IdentityReferences,
     TermStats,
     VerificationTerm,
@@ -142,7 +143,7 @@ def _rule(decision: Decision, z: dict[str, float]) -> float:
 
 def test_channels_rule_lets_one_channel_decide(decision: Decision) -> None:
     stats = {t: TermStats(mean=0.0, sd=1.0) for t in ("identity", "sync", "fit", "face", "voice")}
-    spec = decision.spec.model_copy(update={"rule": "channels", "terms": stats})
+    spec = decision.spec.model_copy(update={"rule": "channels", "terms": stats, "evidence": {}})
     channels = Decision(spec, decision.face_cohort, decision.voice_cohort)
     mean = Decision(spec.model_copy(update={"rule": "mean"}), decision.face_cohort, decision.voice_cohort)
     # a dub: another voice, the mouth a little off, face and motion identity unchanged
@@ -155,6 +156,31 @@ def test_channels_rule_lets_one_channel_decide(decision: Decision) -> None:
     assert fused.distance == pytest.approx(3.0) and fused.driver == "face"
     # a channel with no term (no speech: no voice, sync or fit) is left out, not read as genuine
     assert channels.fuse({"identity": -1.0, "face": -2.0}).distance == pytest.approx(-1.5)
+
+
+def test_evidence_names_the_term_most_likely_attacked_and_leaves_the_distance(decision: Decision) -> None:
+    stats = {t: TermStats(mean=0.0, sd=1.0) for t in ("identity", "sync", "fit", "face", "voice")}
+    # a term whose attacks sit far up (the face: impostors ~4 spreads) gets a steep, late line
+    lines = {"identity": (2.0, -1.7), "sync": (1.7, -1.1), "fit": (1.0, -0.5), "face": (3.5, -7.0),
+             "voice": (2.3, -3.0)}
+    plain = Decision(decision.spec.model_copy(update={"rule": "mean", "terms": stats, "evidence": {}}),
+                     decision.face_cohort, decision.voice_cohort)
+    ev = Decision(plain.spec.model_copy(update={"evidence": lines}), decision.face_cohort, decision.voice_cohort)
+    # the person's own face from a new recording, 1.7 spreads up, under another person's voice
+    dub = {"identity": 0.2, "sync": 0.8, "fit": 0.1, "face": 1.7, "voice": 1.6}
+    assert plain.fuse(dub).driver == "face"
+    assert ev.fuse(dub).driver == "voice"  # 2.3 * 1.6 - 3.0 = 0.68 against 3.5 * 1.7 - 7.0 = -1.05
+    assert ev.fuse(dub).distance == plain.fuse(dub).distance == pytest.approx(0.88)
+    assert ev.evidence(dub)["face"] == pytest.approx(-1.05)
+    # an impostor's face is the most evidence
+    assert ev.fuse({"identity": 1.0, "sync": 0.0, "fit": 0.0, "face": 4.2, "voice": 1.8}).driver == "face"
+    # the lines must cover the fused terms and rise
+    with pytest.raises(ValueError, match="evidence must cover the terms"):
+        plain.spec.model_validate({**plain.spec.model_dump(), "evidence": {"face": (1.0, 0.0)}})
+    with pytest.raises(ValueError, match="slopes must be finite and > 0"):
+        plain.spec.model_validate({**plain.spec.model_dump(), "evidence": {**lines, "sync": (-1.0, 0.0)}})
+    # and they survive the file
+    assert DecisionSpec.model_validate_json(ev.spec.model_dump_json()).evidence == ev.spec.evidence
 
 
 def test_profile_keeps_references_and_refuses_another_decision(refs: IdentityReferences, tmp_path: Path) -> None:

@@ -118,8 +118,9 @@ class ScoreData(Message):
     terms: dict[str, float] = Field(
         default_factory=dict, description="Each fused term standardised on genuine footage from other "
         "recordings (0: typical of genuine; higher: less like the person); empty without a decision.")
-    driver: str | None = Field(None, description="The term with the largest standardised value: what drove the "
-                               "distance. Null when insufficient or scored without a decision.")
+    driver: str | None = Field(None, description="The term with the most evidence of an attack (the decision's "
+                               "evidence lines; without them, the largest standardised value). Null when "
+                               "insufficient or scored without a decision.")
     explanation: str = Field("", description="The driver in an analyst's words, e.g. 'voice does not match the "
                              "enrolled person'; empty when there is no driver.")
     face_ratio: float = Field(description="Share of the window's frames with a face.")

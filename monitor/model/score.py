@@ -58,7 +58,7 @@ class Score:
     # (pair NLL or the head's logit); None: off, no appearance enrolled, or too few faces
     appearance: float | None = None
     # With a decision (model/verification.py): each fused term standardised on genuine
-    # cross-recording validation windows, and the one that drove the distance
+    # cross-recording validation windows, and the one the explanation names (Fused.driver)
     terms: dict[str, float] = field(default_factory=dict)
     driver: str | None = None
 
@@ -70,7 +70,7 @@ class Score:
 
     @property
     def explanation(self) -> str:
-        """What drove the distance, in an analyst's words ("" when not scored or no decision)."""
+        """The driver, in an analyst's words ("" when not scored or no decision)."""
         from expose.monitor.model.verification import explain  # torch-free, but imports features
 
         return explain(self.driver) if self.status == "scored" else ""

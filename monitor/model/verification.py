@@ -32,20 +32,27 @@ lets the three unchanged terms of a dub or a desync outvote the one or two that 
 maximum over single terms lets any one noisy term raise a genuine window; a mean per channel
 averages noise within a channel while an attack on one channel still decides. The window's
 ``driver`` (which names the explanation) is the term with the largest standardised value,
-within the deciding channel for ``channels``.
+within the deciding channel for ``channels``; or, when the decision holds ``evidence``, the
+term with the most evidence of an attack: each term's log-likelihood ratio (attack against
+genuine, equal priors) as a line in its standardised value, fitted on validation windows
+(bench/fit_decision.py). Why: standardised values are not comparable evidence. Trump's own
+face in a new recording sits 1.7 spreads above the face term's genuine mean, level with
+another person's voice on the voice term, whose genuine spread is wide; but impostor faces sit
+4 spreads up, so that face is still far more likely genuine than not, while that voice is
+not. The evidence only names the driver; the distance stays the rule's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from expose.monitor.config import FeatureConfig
 from expose.monitor.errors import ConfigError, ModelFileError
@@ -189,14 +196,26 @@ class DecisionSpec(BaseModel):
     appearance_score: ScoreKind = Field(
         "pair", description="With the appearance term: pair (DiffFake's pair model), head (the network's "
         "real-vs-blended logit) or head_centred (less the enrolled faces' mean logit).")
+    evidence: dict[Term, tuple[float, float]] = Field(
+        default_factory=dict, description="Per term, the slope (> 0) and intercept of its attack-vs-genuine "
+        "log-likelihood ratio in its standardised value; the driver is the term with the largest. Empty: the "
+        "term with the largest standardised value.")
     validation: dict[str, object] = Field(default_factory=dict, description="What the choice was measured on.")
+
+    @model_validator(mode="after")
+    def _evidence_covers_the_terms(self) -> DecisionSpec:
+        if self.evidence and set(self.evidence) != set(self.terms):
+            raise ValueError(f"evidence must cover the terms {sorted(self.terms)}, not {sorted(self.evidence)}")
+        if any(not (a > 0 and np.isfinite(a) and np.isfinite(b)) for a, b in self.evidence.values()):
+            raise ValueError("evidence slopes must be finite and > 0, intercepts finite")
+        return self
 
 
 @dataclass(frozen=True)
 class Fused:
     distance: float
     z: dict[str, float]  # each used term, standardised
-    driver: str  # the term with the largest standardised value
+    driver: str  # the term with the most evidence (DecisionSpec.evidence), else the largest standardised one
 
 
 @dataclass(frozen=True)
@@ -212,6 +231,8 @@ class Decision:
         if ("appearance" in self.spec.terms) != (self.appearance is not None) or \
                 (self.appearance is not None) != (self.spec.appearance_sha256 is not None):
             raise ValueError("a decision with the appearance term needs its score and appearance_sha256")
+        if self.spec.evidence and set(self.spec.evidence) != set(self.spec.terms):  # a spec copied, not validated
+            raise ValueError("the decision's evidence lines must cover its terms")
         if self.appearance is not None and self.appearance.kind != self.spec.appearance_score:
             raise ValueError(f"the decision's appearance score is {self.appearance.kind}, its spec says "
                              f"{self.spec.appearance_score}")
@@ -235,10 +256,19 @@ class Decision:
             if not means:  # no channel holds a fused term: the terms themselves
                 means = [(float(np.mean(list(z.values()))), [*z])]
             dist, deciding = max(means, key=lambda m: m[0])
-            return Fused(dist, z, max(deciding, key=lambda k: (z[k], k)))
-        driver = max(z, key=lambda k: (z[k], k))
+            return Fused(dist, z, self._driver(z, deciding))
         dist = max(z.values()) if self.spec.rule == "max" else float(np.mean(list(z.values())))
-        return Fused(float(dist), z, driver)
+        return Fused(float(dist), z, self._driver(z, z))
+
+    def evidence(self, z: Mapping[str, float]) -> dict[str, float]:
+        """Each standardised term's log-likelihood ratio, attack against genuine (empty: the
+        decision holds no evidence lines)."""
+        ev = self.spec.evidence
+        return {k: ev[k][0] * v + ev[k][1] for k, v in z.items() if k in ev}  # type: ignore[index]
+
+    def _driver(self, z: Mapping[str, float], among: Iterable[str]) -> str:
+        weight = self.evidence(z) if self.spec.evidence else z
+        return max(among, key=lambda k: (weight[k], k))
 
     def fuse_terms(self, identity_tnorm: float | None, sync: float | None, fit: float | None, fit_centre: float,
                    face: float | None, voice: float | None, appearance: float | None = None) -> Fused:
